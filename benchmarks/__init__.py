@@ -1,0 +1,1 @@
+"""Runnable benchmarks; each prints ratios against a baseline measured in the same run."""

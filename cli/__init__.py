@@ -1,0 +1,1 @@
+"""cli: the ``reconcile`` command, a thin layer over :mod:`reconcile` and :mod:`journal`."""

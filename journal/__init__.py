@@ -1,0 +1,78 @@
+"""journal: a lossless per-process event journal with snapshot compaction.
+
+Each process appends keyed records to a journal file of its own (:class:`Writer`); a
+compactor (:func:`compact`) folds the journals into a bounded snapshot, and
+:func:`load` gives the latest record per key. The package knows nothing of what the
+keys and records mean.
+
+Exports are loaded lazily so that the hit path (:func:`latest`) imports no third-party
+module: ``import journal`` costs nothing until a name is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "CompactionReport",
+    "InvalidRecordError",
+    "JournalError",
+    "Record",
+    "RecordTooLargeError",
+    "Retention",
+    "Skips",
+    "State",
+    "UnsafePathError",
+    "Writer",
+    "compact",
+    "history",
+    "latest",
+    "load",
+    "new_event_id",
+]
+
+_WHERE = {
+    "CompactionReport": "_model",
+    "Record": "_model",
+    "Skips": "_model",
+    "State": "_model",
+    "InvalidRecordError": "_errors",
+    "JournalError": "_errors",
+    "RecordTooLargeError": "_errors",
+    "UnsafePathError": "_errors",
+    "Writer": "_writer",
+    "new_event_id": "_writer",
+    "Retention": "_compact",
+    "compact": "_compact",
+    "history": "_read",
+    "latest": "_hit",
+    "load": "_read",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'journal' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"journal.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:
+    from journal._compact import Retention, compact
+    from journal._errors import (
+        InvalidRecordError,
+        JournalError,
+        RecordTooLargeError,
+        UnsafePathError,
+    )
+    from journal._hit import latest
+    from journal._model import CompactionReport, Record, Skips, State
+    from journal._read import history, load
+    from journal._writer import Writer, new_event_id

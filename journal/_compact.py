@@ -1,0 +1,246 @@
+"""The compactor (DESIGN §7): fold journals into the snapshot, archive finished ones.
+
+Crash safety rests on order and on the fold being idempotent: quarantine files are
+written first, then the new snapshot (temp, fsync, rename, fsync dir), and only then are
+finished journals moved to the archive. A crash anywhere leaves every record either in
+a journal still to be folded or already in the snapshot; folding it twice is harmless.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from journal._codec import NOT_A_FILE, Clock, encode, timestamp
+from journal._fold import Table, apply, fold, trim
+from journal._layout import (
+    ARCHIVE_DIR,
+    COMPACT_LOCK,
+    FILE_MODE,
+    JOURNAL_DIR,
+    PENDING_SUFFIX,
+    QUARANTINE_DIR,
+    SNAPSHOT,
+    ensure_home,
+    fsync_dir,
+    list_files,
+    write_atomically,
+)
+from journal._model import CompactionReport, Skips
+from journal._read import archive_files, journal_files
+from journal._scan import Line, open_regular, scan
+from journal._snapshot import read_snapshot, write_snapshot
+
+
+@attrs.frozen
+class Retention:
+    """How much of the archive to keep for replay (defaults in docs/operations.md)."""
+
+    max_files: int = 10_000
+    max_age_s: float = 30 * 86400.0
+
+
+STALE_PENDING_S = 60.0  # a ".new" journal this old, unlocked, is a writer that died creating it
+
+
+def compact(
+    home: Path | str,
+    *,
+    max_entries: int = 1000,
+    wait: bool = False,
+    retention: Retention | None = None,
+) -> CompactionReport:
+    """Fold every journal into a new snapshot and archive the finished ones.
+
+    Takes ``compact.lock`` without blocking: if another compaction holds it, returns a
+    report with ``busy=True`` (or waits for it with ``wait=True``).
+    """
+    if max_entries < 1:
+        raise ValueError("max_entries must be at least 1")
+    home = ensure_home(Path(home))
+    started = time.monotonic()
+    lock = os.open(
+        home / COMPACT_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE
+    )
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return CompactionReport(busy=True)
+        report = _compact_locked(home, max_entries, retention or Retention())
+    finally:
+        os.close(lock)
+    return attrs.evolve(report, duration_s=time.monotonic() - started)
+
+
+def _compact_locked(home: Path, max_entries: int, retention: Retention) -> CompactionReport:
+    skips: Counter[str] = Counter()
+    snap = read_snapshot(home / SNAPSHOT)
+    table: Table = fold(snap.records)
+    skips.update(line.reason for line in snap.skipped if line.reason)
+    records = 0
+    if not snap.intact:
+        for path in archive_files(home):
+            records += _fold_file(table, path, skips, finished=True, bad=None)
+
+    finished: list[tuple[Path, int]] = []  # journals whose lock we hold, to archive
+    live = 0
+    quarantined: dict[Path, list[Line]] = {}
+    try:
+        for path in journal_files(home):
+            fd = _lock_if_finished(path)
+            if fd is None:
+                skips[NOT_A_FILE] += 1
+                continue
+            if fd < 0:
+                live += 1
+                records += _fold_file(table, path, skips, finished=False, bad=None)
+                continue
+            finished.append((path, fd))
+            bad: list[Line] = []
+            records += _fold_file(table, path, skips, finished=True, bad=bad)
+            if bad:
+                quarantined[path] = bad
+
+        evicted = trim(table, max_entries)
+        for path, lines in quarantined.items():
+            _quarantine(home, path, lines)
+        created = timestamp(Clock().next())
+        write_snapshot(home / SNAPSHOT, _encoded(table), created)
+        _archive(home, [path for path, _ in finished])
+    finally:
+        for _, fd in finished:
+            os.close(fd)
+    pruned = _prune_archive(home, retention)
+    _remove_stale_pending(home)
+    return CompactionReport(
+        busy=False,
+        files_folded=live + len(finished),
+        files_archived=len(finished),
+        live_files=live,
+        records=records,
+        skipped=Skips.from_counts(skips),
+        quarantined=sum(len(lines) for lines in quarantined.values()),
+        entries=sum(1 for r in table.values() if r["data"] is not None),
+        evicted=len(evicted),
+        archive_pruned=pruned,
+        snapshot_rebuilt=not snap.intact and snap.present,
+    )
+
+
+def _fold_file(
+    table: Table, path: Path, skips: Counter[str], *, finished: bool, bad: list[Line] | None
+) -> int:
+    records = 0
+    for line in scan(path, finished=finished):
+        if line.record is not None:
+            apply(table, line.record)
+            records += 1
+        else:
+            skips[line.reason or NOT_A_FILE] += 1
+            if bad is not None:
+                bad.append(line)
+    return records
+
+
+def _lock_if_finished(path: Path) -> int | None:
+    """A descriptor holding the journal's lock if its writer is gone; -1 if live; None if
+    it is not a regular file (a planted symlink, a directory)."""
+    fd = open_regular(path)
+    if fd is None:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return -1
+    return fd
+
+
+def _encoded(table: Table) -> list[bytes]:
+    return [
+        encode(event_id=r["id"], pid=r["pid"], type=r["type"], key=r["key"], data=r["data"])
+        for _, r in sorted(table.items())
+    ]
+
+
+def _quarantine(home: Path, source: Path, lines: list[Line]) -> None:
+    """Write the corrupt lines of ``source`` to quarantine/<name>.jsonl (replaced whole, so
+    a compaction that crashed and ran again writes the same file)."""
+    entries = [
+        json.dumps(
+            {
+                "file": source.name,
+                "line": line.number,
+                "reason": line.reason,
+                "bytes": line.raw.decode("latin-1"),
+            },
+            separators=(",", ":"),
+        )
+        for line in lines
+    ]
+    write_atomically(
+        home / QUARANTINE_DIR / f"{source.name}.jsonl", ("\n".join(entries) + "\n").encode("utf-8")
+    )
+
+
+def _archive(home: Path, paths: list[Path]) -> None:
+    if not paths:
+        return
+    archive = home / ARCHIVE_DIR
+    for path in paths:
+        if os.stat(path).st_size == 0:
+            os.unlink(path)
+        else:
+            os.rename(path, archive / path.name)
+    fsync_dir(archive)
+    fsync_dir(home / JOURNAL_DIR)
+
+
+def _prune_archive(home: Path, retention: Retention) -> int:
+    files = archive_files(home)
+    now = time.time()
+    aged: list[tuple[float, Path]] = []
+    for path in files:
+        try:
+            aged.append((os.lstat(path).st_mtime, path))
+        except FileNotFoundError:
+            continue
+    aged.sort()
+    excess = len(aged) - retention.max_files
+    doomed = [
+        path
+        for i, (mtime, path) in enumerate(aged)
+        if i < excess or now - mtime > retention.max_age_s
+    ]
+    for path in doomed:
+        os.unlink(path)
+    if doomed:
+        fsync_dir(home / ARCHIVE_DIR)
+    return len(doomed)
+
+
+def _remove_stale_pending(home: Path) -> None:
+    now = time.time()
+    for path in list_files(home / JOURNAL_DIR, PENDING_SUFFIX):
+        fd = _lock_if_finished(path)
+        if fd is None or fd < 0:
+            continue
+        try:
+            st = os.fstat(fd)
+            if st.st_size == 0 and now - st.st_mtime > STALE_PENDING_S:
+                os.unlink(path)
+        finally:
+            os.close(fd)
+
+
+def snapshot_entries(home: Path | str) -> list[dict[str, Any]]:
+    """The snapshot's raw records (for status and verification)."""
+    return read_snapshot(Path(home) / SNAPSHOT).records

@@ -1,0 +1,54 @@
+"""The fold: the latest record per key, in (timestamp, event id) order. Pure, no I/O.
+
+Applying a record is idempotent and commutative: the result depends only on the set of
+records, not on how often or in which order they were seen. Tombstones (records whose
+data is null) are kept in the table so that an older record read later, from a journal
+that was folded before, cannot bring a forgotten key back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+Table = dict[str, dict[str, Any]]
+
+
+def apply(table: Table, record: dict[str, Any]) -> None:
+    """Fold one raw record into ``table`` in place."""
+    key = record["key"]
+    current = table.get(key)
+    if current is None or (record["ts"], record["id"]) > (current["ts"], current["id"]):
+        table[key] = record
+
+
+def fold(records: Iterable[dict[str, Any]], table: Table | None = None) -> Table:
+    """Fold ``records`` into ``table`` (a new one by default) and return it."""
+    table = {} if table is None else table
+    for record in records:
+        apply(table, record)
+    return table
+
+
+def is_tombstone(record: dict[str, Any]) -> bool:
+    return record["data"] is None
+
+
+def trim(table: Table, max_entries: int) -> list[str]:
+    """Evict the least recently written keys beyond ``max_entries`` live entries.
+
+    Tombstones are bounded the same way, separately. Returns the evicted live keys.
+    """
+    live = [r for r in table.values() if not is_tombstone(r)]
+    dead = [r for r in table.values() if is_tombstone(r)]
+    evicted: list[str] = []
+    for group, report in ((live, True), (dead, False)):
+        excess = len(group) - max_entries
+        if excess <= 0:
+            continue
+        group.sort(key=lambda r: (r["ts"], r["id"]))
+        for record in group[:excess]:
+            del table[record["key"]]
+            if report:
+                evicted.append(record["key"])
+    return evicted

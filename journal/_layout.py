@@ -1,0 +1,85 @@
+"""The state directory (DESIGN §3): its paths, and opening things in it safely.
+
+Every directory is created 0700 and every file 0600; nothing in it is followed through a
+symlink (``O_NOFOLLOW`` on files, ``lstat`` on directories).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from pathlib import Path
+
+from journal._errors import UnsafePathError
+
+JOURNAL_DIR = "journal"
+ARCHIVE_DIR = "archive"
+QUARANTINE_DIR = "quarantine"
+LOG_DIR = "log"
+SNAPSHOT = "snapshot"
+COMPACT_LOCK = "compact.lock"
+JOURNAL_SUFFIX = ".jnl"
+PENDING_SUFFIX = ".new"  # a journal being created, not yet locked by its writer
+
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def ensure_dir(path: Path) -> Path:
+    """Create ``path`` (and missing parents) 0700; refuse a symlink or a non-directory."""
+    with contextlib.suppress(FileExistsError):  # a file or a dangling symlink: see below
+        os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise UnsafePathError(f"{path} could not be created; check its parent") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafePathError(f"{path} is a symlink; the state directory must be a real directory")
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafePathError(f"{path} exists and is not a directory; move it away")
+    return path
+
+
+def ensure_home(home: Path) -> Path:
+    """Create the state directory and its subdirectories; return ``home``."""
+    ensure_dir(home)
+    for name in (JOURNAL_DIR, ARCHIVE_DIR, QUARANTINE_DIR, LOG_DIR):
+        ensure_dir(home / name)
+    return home
+
+
+def fsync_dir(path: Path) -> None:
+    """Make renames and creations in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def list_files(directory: Path, suffix: str) -> list[Path]:
+    """Names in ``directory`` ending in ``suffix``, sorted; nothing if it does not exist."""
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [directory / name for name in sorted(names) if name.endswith(suffix)]
+
+
+def write_atomically(path: Path, content: bytes) -> None:
+    """Replace ``path`` by ``content``: temp file, fsync, rename, fsync the directory."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(
+        tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE
+    )
+    try:
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)

@@ -1,0 +1,111 @@
+"""Reading record files line by line, tolerating anything (the hit path uses this too).
+
+A reader never raises on content: each line yields either a raw record (a dict, before
+any class exists) or the reason it was skipped. Memory stays bounded whatever the file
+holds: a line longer than ``MAX_LINE`` is consumed in chunks and never kept whole.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from journal._codec import MAX_LINE, NOT_A_FILE, OVERSIZE, TORN, decode
+from journal._layout import READ_FLAGS
+
+QUARANTINE_KEEP = 65536  # bytes of a corrupt line kept in quarantine
+
+
+class Line(NamedTuple):
+    """One line of a file: a record, or why it was skipped (with the offending bytes)."""
+
+    number: int
+    record: dict[str, Any] | None
+    reason: str | None
+    raw: bytes
+
+
+def open_regular(path: Path) -> int | None:
+    """Open ``path`` for reading without following a symlink; None if it is not a file."""
+    try:
+        fd = os.open(path, READ_FLAGS)
+    except OSError:  # ELOOP for a symlink, ENOENT if it just went away, EACCES, ...
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def scan(path: Path, *, finished: bool, needle: bytes | None = None) -> Iterator[Line]:
+    """Yield every line of the file at ``path``.
+
+    ``finished``: the writer is gone, so a last line without newline is torn (counted);
+    otherwise it is still being written and is silently left for later.
+    ``needle``: skip, without decoding, lines that do not contain these bytes.
+    """
+    fd = open_regular(path)
+    if fd is None:
+        yield Line(0, None, NOT_A_FILE, b"")
+        return
+    with os.fdopen(fd, "rb") as stream:
+        yield from scan_stream(stream, finished=finished, needle=needle)
+
+
+def scan_stream(stream: Any, *, finished: bool, needle: bytes | None = None) -> Iterator[Line]:
+    """Like :func:`scan`, over an open binary stream."""
+    number = 0
+    while True:
+        try:
+            line = stream.readline(MAX_LINE + 1)
+        except OSError:
+            yield Line(number + 1, None, NOT_A_FILE, b"")
+            return
+        if not line:
+            return
+        number += 1
+        if line.endswith(b"\n") and len(line) <= MAX_LINE:
+            if needle is not None and needle not in line:
+                continue
+            record, reason = decode(line[:-1])
+            yield Line(number, record, reason, line if reason else b"")
+        elif len(line) > MAX_LINE:
+            kept = line[:QUARANTINE_KEEP]
+            while not line.endswith(b"\n"):
+                line = stream.readline(1 << 16)
+                if not line:
+                    break
+            yield Line(number, None, OVERSIZE, kept)
+        elif finished:
+            yield Line(number, None, TORN, line)
+        else:
+            return  # a live writer's line in progress
+
+
+def lookup(files: list[Path], key: str) -> dict[str, Any] | None:
+    """The latest raw record for ``key`` in ``files`` (tombstones included), or None.
+
+    The hit path: reads only lines that mention the key, decodes only those, and builds
+    no object but dicts.
+    """
+    import json
+
+    needle = b'"key":' + json.dumps(key).encode("ascii") + b","
+    best: dict[str, Any] | None = None
+    for path in files:
+        for line in scan(path, finished=False, needle=needle):
+            record = line.record
+            if (
+                record is not None
+                and record["key"] == key
+                and (best is None or (record["ts"], record["id"]) > (best["ts"], best["id"]))
+            ):
+                best = record
+    return best
