@@ -1,0 +1,19 @@
+"""The reconcile package's exceptions: one base class, each message says what to fix."""
+
+from __future__ import annotations
+
+
+class ReconcileError(Exception):
+    """Base class of every error raised by :mod:`reconcile`."""
+
+
+class ServerError(ReconcileError):
+    """The embedded PostgreSQL server could not be set up, started or stopped."""
+
+
+class DatabaseUnavailable(ReconcileError):
+    """The database could not be reached or used (down, slow, auth, missing tables)."""
+
+
+class ConfigError(ReconcileError):
+    """A setting from the environment or the command line is invalid."""

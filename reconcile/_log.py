@@ -1,0 +1,81 @@
+"""Structured logging: JSON lines under ``$RECONCILE_HOME/log/``, size-bounded, never stdout.
+
+The hook must never write to stdout (Claude Code reads it), so the file is the default
+sink; ``verbose`` adds human-readable lines on stderr for an operator at a terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from journal._layout import FILE_MODE, LOG_DIR, ensure_dir
+from reconcile._settings import Settings, redact_url
+
+LOG_NAME = "reconcile.log"
+
+
+class _BoundedFile:
+    """Appends each log line with one write(); past ``max_bytes`` the file is renamed to
+    ``.1`` (replacing the previous one) and a new one begun: at most twice the bound."""
+
+    def __init__(self, path: Path, max_bytes: int, echo: bool) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.echo = echo
+
+    def msg(self, message: str) -> None:
+        line = (message + "\n").encode("utf-8", "replace")
+        try:
+            fd = os.open(
+                self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, FILE_MODE
+            )
+            try:
+                os.write(fd, line)
+                size = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+            if size > self.max_bytes:
+                os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+        except OSError:
+            pass  # logging must never break the caller; the event itself is journaled
+        if self.echo:
+            sys.stderr.write(message + "\n")
+
+    log = debug = info = warning = warn = error = critical = exception = msg
+
+
+def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    for key in ("database_url", "url"):
+        if isinstance(event.get(key), str):
+            event[key] = redact_url(event[key])
+    return event
+
+
+def configure(settings: Settings, *, verbose: bool = False) -> None:
+    """Send ``reconcile`` logs to ``home/log/reconcile.log`` (and stderr when verbose)."""
+    try:
+        path = ensure_dir(settings.home / LOG_DIR) / LOG_NAME
+    except Exception:  # an unusable home: logs go nowhere rather than break the hook
+        path = Path(os.devnull)
+    sink = _BoundedFile(path, settings.log_max_bytes, verbose)
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redact,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        logger_factory=lambda *_: sink,
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger() -> Any:
+    """The package's logger (configured by :func:`configure`, or structlog's default)."""
+    return structlog.get_logger("reconcile").bind(pid=os.getpid())
