@@ -8,19 +8,23 @@ A line is one JSON object, ASCII only, terminated by ``\\n``::
 verifies a line by slicing, without re-serialising anything. ``data`` is a JSON object, or
 ``null`` for a tombstone. The whole line, newline included, is at most ``MAX_LINE`` bytes.
 
-This module is on the hook's hit path: it imports only ``json``, ``os``, ``time`` and
-``zlib`` and works on plain dicts (raw records); :class:`journal.Record` wraps them later.
+This module is on the hook's hit path: decoding imports only ``os``, ``time``, ``zlib``
+and the C JSON scanner (:mod:`journal._json`), and works on plain dicts (raw records);
+:class:`journal.Record` wraps them later. Encoding imports :mod:`json` when first used.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import zlib
-from typing import Any
 
 from journal._errors import InvalidRecordError, RecordTooLargeError
+from journal._json import parse_json
+
+TYPE_CHECKING = False  # typing costs milliseconds on the hit path; checkers see True
+if TYPE_CHECKING:
+    from typing import Any
 
 VERSION = 1
 MAX_LINE = 4096  # PIPE_BUF on Linux: one write() of at most this many bytes is atomic.
@@ -68,6 +72,8 @@ def encode(*, event_id: str, pid: int, type: str, key: str, data: Any) -> bytes:
         "key": key,
         "data": data,
     }
+    import json
+
     try:
         text = json.dumps(body, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -101,7 +107,7 @@ def decode(line: bytes) -> tuple[dict[str, Any] | None, str | None]:
     if zlib.crc32(raw) != int(crc, 16):
         return None, CHECKSUM
     try:
-        record = json.loads(raw)
+        record = parse_json(raw)
     except ValueError:  # also UnicodeDecodeError and RecursionError's cousin ValueError
         return None, JSON
     except RecursionError:
@@ -159,7 +165,7 @@ class Clock:
 
     def advance(self, event_id: str) -> None:
         """Never issue an id before ``event_id`` (one issued elsewhere in this process)."""
-        self._last = max(self._last, micros(event_id))
+        self._last = max(self._last, event_time_us(event_id))
 
 
 def _uuid7(us: int) -> str:
@@ -185,7 +191,7 @@ def is_event_id(value: object) -> bool:
     )
 
 
-def micros(event_id: str) -> int:
+def event_time_us(event_id: str) -> int:
     """The Unix time, in microseconds, encoded in an event id."""
     value = int(event_id.replace("-", ""), 16)
     rand_a = (value >> 64) & 0xFFF
@@ -194,6 +200,6 @@ def micros(event_id: str) -> int:
 
 def timestamp(event_id: str) -> str:
     """The record timestamp of an event id: ISO-8601 UTC, microseconds, fixed width."""
-    us = micros(event_id)
+    us = event_time_us(event_id)
     seconds, rest = divmod(us, 1_000_000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest:06d}Z"

@@ -229,7 +229,7 @@ def _prune_archive(home: Path, retention: Retention) -> int:
 
 def _remove_stale_pending(home: Path) -> None:
     now = time.time()
-    for path in list_files(home / JOURNAL_DIR, PENDING_SUFFIX):
+    for path in map(Path, list_files(home / JOURNAL_DIR, PENDING_SUFFIX)):
         fd = _lock_if_finished(path)
         if fd is None or fd < 0:
             continue

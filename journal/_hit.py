@@ -6,24 +6,28 @@ It returns raw records (plain dicts, see docs/formats.md) on purpose: building a
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+import os
 
 from journal._layout import JOURNAL_DIR, JOURNAL_SUFFIX, SNAPSHOT, list_files
 from journal._scan import lookup
 
+TYPE_CHECKING = False  # typing costs milliseconds on the hit path; checkers see True
+if TYPE_CHECKING:
+    from typing import Any
 
-def journal_files(home: Path) -> list[Path]:
+    from journal._layout import StrPath
+
+
+def journal_files(home: StrPath) -> list[str]:
     """The journals under ``home/journal/``, finished and live."""
-    return list_files(home / JOURNAL_DIR, JOURNAL_SUFFIX)
+    return list_files(os.path.join(home, JOURNAL_DIR), JOURNAL_SUFFIX)
 
 
-def latest(home: Path | str, key: str) -> dict[str, Any] | None:
+def latest(home: StrPath, key: str) -> dict[str, Any] | None:
     """The hit path's read: the latest raw record for ``key``, None if absent or forgotten.
 
     Reads the snapshot and the journals and decodes only lines that mention ``key``;
     returns a plain dict (see docs/formats.md) so that no class is imported.
     """
-    home = Path(home)
-    record = lookup([home / SNAPSHOT, *journal_files(home)], key)
+    record = lookup([os.path.join(home, SNAPSHOT), *journal_files(home)], key)
     return None if record is None or record["data"] is None else record

@@ -6,12 +6,16 @@ symlink (``O_NOFOLLOW`` on files, ``lstat`` on directories).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-from pathlib import Path
 
 from journal._errors import UnsafePathError
+
+TYPE_CHECKING = False  # typing costs milliseconds on the hit path; checkers see True
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    StrPath = str | os.PathLike[str]
 
 JOURNAL_DIR = "journal"
 ARCHIVE_DIR = "archive"
@@ -29,6 +33,8 @@ FILE_MODE = 0o600
 
 def ensure_dir(path: Path) -> Path:
     """Create ``path`` (and missing parents) 0700; refuse a symlink or a non-directory."""
+    import contextlib  # here, not at the top: the hit path imports this module
+
     with contextlib.suppress(FileExistsError):  # a file or a dangling symlink: see below
         os.makedirs(path, mode=DIR_MODE, exist_ok=True)
     try:
@@ -59,13 +65,13 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def list_files(directory: Path, suffix: str) -> list[Path]:
-    """Names in ``directory`` ending in ``suffix``, sorted; nothing if it does not exist."""
+def list_files(directory: StrPath, suffix: str) -> list[str]:
+    """Paths in ``directory`` ending in ``suffix``, sorted; none if it does not exist."""
     try:
         names = os.listdir(directory)
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return [directory / name for name in sorted(names) if name.endswith(suffix)]
+    return [os.path.join(directory, name) for name in sorted(names) if name.endswith(suffix)]
 
 
 def write_atomically(path: Path, content: bytes) -> None:

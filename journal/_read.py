@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from journal import _hit
 from journal._codec import NOT_A_FILE, order
 from journal._fold import Table, apply, fold
-from journal._hit import journal_files
 from journal._layout import ARCHIVE_DIR, JOURNAL_SUFFIX, SNAPSHOT, list_files
 from journal._model import Record, Skips, State
 from journal._scan import open_regular, scan
@@ -20,7 +20,13 @@ from journal._snapshot import read_snapshot
 
 
 def archive_files(home: Path) -> list[Path]:
-    return list_files(home / ARCHIVE_DIR, JOURNAL_SUFFIX)
+    """The archived journals, oldest name first."""
+    return [Path(p) for p in list_files(home / ARCHIVE_DIR, JOURNAL_SUFFIX)]
+
+
+def journal_files(home: Path) -> list[Path]:
+    """The journals under ``home/journal/``, finished and live."""
+    return [Path(p) for p in _hit.journal_files(home)]
 
 
 def writer_gone(path: Path) -> bool | None:

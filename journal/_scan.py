@@ -9,26 +9,35 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any, NamedTuple
 
 from journal._codec import MAX_LINE, NOT_A_FILE, OVERSIZE, TORN, decode
 from journal._layout import READ_FLAGS
 
+TYPE_CHECKING = False  # typing costs milliseconds on the hit path; checkers see True
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
+
+    from journal._layout import StrPath
+
 QUARANTINE_KEEP = 65536  # bytes of a corrupt line kept in quarantine
 
 
-class Line(NamedTuple):
+class Line:
     """One line of a file: a record, or why it was skipped (with the offending bytes)."""
 
-    number: int
-    record: dict[str, Any] | None
-    reason: str | None
-    raw: bytes
+    __slots__ = ("number", "raw", "reason", "record")
+
+    def __init__(
+        self, number: int, record: dict[str, Any] | None, reason: str | None, raw: bytes
+    ) -> None:
+        self.number = number
+        self.record = record
+        self.reason = reason
+        self.raw = raw
 
 
-def open_regular(path: Path) -> int | None:
+def open_regular(path: StrPath) -> int | None:
     """Open ``path`` for reading without following a symlink; None if it is not a file."""
     try:
         fd = os.open(path, READ_FLAGS)
@@ -44,7 +53,7 @@ def open_regular(path: Path) -> int | None:
     return fd
 
 
-def scan(path: Path, *, finished: bool, needle: bytes | None = None) -> Iterator[Line]:
+def scan(path: StrPath, *, finished: bool, needle: bytes | None = None) -> Iterator[Line]:
     """Yield every line of the file at ``path``.
 
     ``finished``: the writer is gone, so a last line without newline is torn (counted);
@@ -89,15 +98,13 @@ def scan_stream(stream: Any, *, finished: bool, needle: bytes | None = None) -> 
             return  # a live writer's line in progress
 
 
-def lookup(files: list[Path], key: str) -> dict[str, Any] | None:
+def lookup(files: list[StrPath], key: str) -> dict[str, Any] | None:
     """The latest raw record for ``key`` in ``files`` (tombstones included), or None.
 
     The hit path: reads only lines that mention the key, decodes only those, and builds
     no object but dicts.
     """
-    import json
-
-    needle = b'"key":' + json.dumps(key).encode("ascii") + b","
+    needle = b'"key":' + _json_string(key) + b","
     best: dict[str, Any] | None = None
     for path in files:
         for line in scan(path, finished=False, needle=needle):
@@ -109,3 +116,12 @@ def lookup(files: list[Path], key: str) -> dict[str, Any] | None:
             ):
                 best = record
     return best
+
+
+def _json_string(text: str) -> bytes:
+    """``text`` as the encoder writes it in a record (ASCII, escaped)."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return b'"' + text.encode("ascii") + b'"'
+    import json  # rare keys only: the hit path's keys are printable ASCII
+
+    return json.dumps(text).encode("ascii")

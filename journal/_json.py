@@ -1,0 +1,50 @@
+"""Parsing JSON on the hit path without importing the :mod:`json` package.
+
+``import json`` pulls in ``re`` and ``enum``: about 4 ms of a hook fork whose whole
+budget is a few milliseconds (docs/performance.md). The parsing itself is done by the
+same C scanner ``json.loads`` uses; only the package around it is skipped. Where that
+scanner is missing (not CPython) this falls back to :func:`json.loads`.
+"""
+
+from __future__ import annotations
+
+_WHITESPACE = " \t\n\r"
+
+
+class _Context:
+    """What the C scanner reads from a ``json.JSONDecoder``: the defaults of ``loads``."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+
+    @staticmethod
+    def parse_constant(name: str) -> float:
+        return float(name.lower().replace("infinity", "inf"))
+
+
+try:
+    from _json import make_scanner as _make_scanner
+except ImportError:  # pragma: no cover - CPython always has it
+    _scan = None
+else:
+    _scan = _make_scanner(_Context())
+
+
+def parse_json(data: bytes | str) -> object:
+    """Like :func:`json.loads` on UTF-8 (or str) input; raises ValueError if invalid."""
+    text = data.decode("utf-8") if isinstance(data, bytes) else data
+    if _scan is None:  # pragma: no cover
+        import json
+
+        return json.loads(text)
+    start = len(text) - len(text.lstrip(_WHITESPACE))
+    try:
+        value, end = _scan(text, start)
+    except StopIteration:
+        raise ValueError("not a JSON document") from None
+    if text[end:].strip(_WHITESPACE):
+        raise ValueError("extra data after the JSON document")
+    return value
