@@ -1,4 +1,9 @@
-"""Entry point of the ``reconcile`` console script."""
+"""Entry point of the ``reconcile`` console script.
+
+``reconcile hook`` is dispatched before anything else is imported: it runs once per
+tool use and its hit path must cost next to nothing. Every other command loads the
+argparse application in :mod:`cli._app`.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,15 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; return the exit code."""
-    print("reconcile: not implemented yet", file=sys.stderr)
-    return 2
+    """Run the command line; return the exit code (see docs/operations.md)."""
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["hook"]:
+        from cli._hook import run
+
+        return run()
+    from cli._app import run as run_app
+
+    return run_app(args)
 
 
 if __name__ == "__main__":

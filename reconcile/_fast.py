@@ -8,11 +8,9 @@ The miss path (:mod:`reconcile._engine`) builds its value objects from what this
 
 from __future__ import annotations
 
-import json
 import os
 
-from journal._codec import micros
-from journal._hit import latest
+from journal import event_time_us, latest, parse_json
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -148,7 +146,7 @@ def parse_payload(raw: bytes) -> dict[str, Any] | str:
     if len(raw) > MAX_PAYLOAD:
         return "payload_too_large"
     try:
-        payload = json.loads(raw)
+        payload = parse_json(raw)
     except (ValueError, RecursionError):
         return "payload_not_json"
     if not isinstance(payload, dict):
@@ -173,7 +171,7 @@ def is_hit(
     no older than ``max_age_s`` (the agent may have moved to another executor since)."""
     if record is None or settled_session(record) != observation.session_id:
         return False
-    return not observation.agent_keyed or now_us - micros(record["id"]) <= max_age_s * 1e6
+    return not observation.agent_keyed or now_us - event_time_us(record["id"]) <= max_age_s * 1e6
 
 
 def check_hit(
