@@ -18,6 +18,7 @@ TYPE_CHECKING = False  # not from typing: importing it costs the hit path millis
 __all__ = [
     "CompactionReport",
     "InvalidRecordError",
+    "Inventory",
     "JournalError",
     "Record",
     "RecordTooLargeError",
@@ -28,6 +29,7 @@ __all__ = [
     "Writer",
     "compact",
     "history",
+    "inventory",
     "latest",
     "load",
     "event_time_us",
@@ -41,6 +43,8 @@ _WHERE = {
     "Skips": "_model",
     "State": "_model",
     "InvalidRecordError": "_errors",
+    "Inventory": "_inventory",
+    "inventory": "_inventory",
     "JournalError": "_errors",
     "RecordTooLargeError": "_errors",
     "UnsafePathError": "_errors",
@@ -79,6 +83,7 @@ if TYPE_CHECKING:
         UnsafePathError,
     )
     from journal._hit import latest
+    from journal._inventory import Inventory, inventory
     from journal._json import parse_json
     from journal._model import CompactionReport, Record, Skips, State
     from journal._read import history, load

@@ -87,3 +87,12 @@ def write_snapshot(path: Path, lines: Iterable[bytes], created: str) -> int:
     content = header + b"\n" + body
     write_atomically(path, content)
     return len(content)
+
+
+def read_header(path: Path) -> dict[str, Any] | None:
+    """The snapshot's header line (entries, crc, created), or None if unreadable."""
+    fd = open_regular(path)
+    if fd is None:
+        return None
+    with os.fdopen(fd, "rb") as stream:
+        return _header(stream.readline(4096).rstrip(b"\n"))

@@ -1,0 +1,148 @@
+"""The ``reconcile`` command line (every command but the hook's fast path).
+
+Exit codes (docs/operations.md): 0 ok, 1 verification failed, 2 usage error,
+3 environment error (database needed and unreachable, unusable state directory, ...).
+Errors are one line on stderr; ``-v`` adds the traceback and human logs on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import journal
+import reconcile
+from cli import _commands, _demo, _install
+
+OK, FAILED, USAGE, ENVIRONMENT = 0, 1, 2, 3
+
+
+class UsageError(Exception):
+    """A command-line argument is invalid (exit 2)."""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("session-reconcile")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reconcile",
+        description="Keep executors.claude_session_id in step with live Claude Code sessions.",
+    )
+    parser.add_argument("--home", help="state directory (default: $RECONCILE_HOME)")
+    parser.add_argument("--database-url", help="PostgreSQL URL (default: $RECONCILE_DATABASE_URL)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="logs and tracebacks")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Callable[..., int], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(handler=handler)
+        return p
+
+    command("hook", _commands.hook, "the Claude Code hook: reads the payload on stdin")
+
+    p = command("compact", _commands.compact, "fold journals into the snapshot")
+    p.add_argument("--wait", action="store_true", help="wait for a running compaction")
+    p.add_argument("--max-entries", type=_positive_int, help="cache bound (default 1000)")
+    p.add_argument("--json", action="store_true")
+
+    p = command("status", _commands.status, "what the cache and the database look like")
+    p.add_argument("--json", action="store_true")
+
+    p = command("show", _commands.show, "cache entries as the hook sees them")
+    p.add_argument("key", nargs="?")
+    p.add_argument("--json", action="store_true")
+
+    p = command("forget", _commands.forget, "journal a tombstone for a cache key")
+    p.add_argument("key")
+
+    p = command("replay", _commands.replay, "the event history as JSON Lines")
+    p.add_argument("--since", type=_time, help="ISO-8601 or an age (15m, 2h, 7d)")
+    p.add_argument("--until", type=_time, help="ISO-8601 or an age")
+    p.add_argument("--key")
+    p.add_argument("--executor")
+    p.add_argument("--type", action="append", default=[], help="repeatable")
+    p.add_argument("--to-db", action="store_true", help="apply pending events to the DB")
+    p.add_argument("--json", action="store_true", help="(with --to-db) the report as JSON")
+
+    p = command("verify", _commands.verify, "rebuild from history and compare")
+    p.add_argument("--db", action="store_true", help="compare with the database too")
+    p.add_argument("--json", action="store_true")
+
+    p = command("db", _commands.db, "the database: migrate|up|down|status|url")
+    p.add_argument("action", choices=["migrate", "up", "down", "status", "url"])
+    p.add_argument("--json", action="store_true")
+
+    p = command("install-hooks", _install.run, "add the hook to Claude Code's settings.json")
+    p.add_argument("--settings", help="default ~/.claude/settings.json")
+    p.add_argument("--uninstall", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="print the result, write nothing")
+    p.add_argument("--command", dest="hook_command", default="reconcile hook")
+
+    p = command("demo", _demo.run, "the whole thing on an embedded PostgreSQL, with a report")
+    p.add_argument("--agents", type=_positive_int, default=24)
+    p.add_argument("--forks", type=_positive_int, default=200)
+    p.add_argument("--concurrency", type=_positive_int, default=8)
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _time(text: str) -> str:
+    from cli._output import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def run(argv: list[str]) -> int:
+    """Parse ``argv`` and run the command; return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help, --version (0) or a usage error (2)
+        return int(exc.code or 0)
+    try:
+        if args.command == "hook":
+            return int(args.handler(args))
+        settings = reconcile.Settings.from_env(
+            os.environ, home=args.home, database_url=args.database_url
+        )
+        reconcile.configure_logging(settings, verbose=args.verbose)
+        return int(args.handler(args, settings))
+    except (UsageError, reconcile.ConfigError) as exc:
+        return _fail(args, exc, USAGE)
+    except (reconcile.ReconcileError, journal.JournalError, OSError) as exc:
+        return _fail(args, exc, ENVIRONMENT)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(args: Any, exc: BaseException, code: int) -> int:
+    if args.verbose:
+        traceback.print_exception(exc, file=sys.stderr)
+    message = str(exc) or type(exc).__name__
+    sys.stderr.write(f"reconcile: error: {message}\n")
+    return code
