@@ -1,0 +1,98 @@
+"""Shared helpers of the reconcile and CLI tests: seeding the database, running hooks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def reconcile_command() -> list[str]:
+    """The installed ``reconcile`` script beside this interpreter, else ``python -m cli``."""
+    script = Path(sys.executable).with_name("reconcile")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test process's environment without any identity or RECONCILE_ variable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RECONCILE_", "GENIE_"))}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+def hook_process(
+    home: Path, url: str | None, payload: Any, **identity: str
+) -> subprocess.Popen[bytes]:
+    """Start one real ``reconcile hook`` process (payload: dict, or raw bytes)."""
+    env = clean_env(RECONCILE_HOME=str(home), **identity)
+    if url is not None:
+        env["RECONCILE_DATABASE_URL"] = url
+    raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    with tempfile.TemporaryFile() as stdin:  # the whole payload, ready before the start
+        stdin.write(raw)
+        stdin.seek(0)
+        return subprocess.Popen(
+            [*reconcile_command(), "hook"],
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+
+
+def run_hook(home: Path, url: str | None, payload: Any, **identity: str) -> None:
+    """Run one hook process to completion; assert its contract (exit 0, empty stdout)."""
+    proc = hook_process(home, url, payload, **identity)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out == b"", out
+
+
+def seed(
+    url: str,
+    agents: list[tuple[str, str | None, str | None, str | None]] = (),  # type: ignore[assignment]
+    executors: list[tuple[str, str | None, str | None, str]] = (),  # type: ignore[assignment]
+) -> None:
+    """Insert agents (id, name, team, current executor) and executors
+    (id, agent, session, state)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        for row in agents:
+            conn.execute(
+                "INSERT INTO agents (id, custom_name, team, current_executor_id) "
+                "VALUES (%s, %s, %s, %s)",
+                row,
+            )
+        for row in executors:
+            conn.execute(
+                "INSERT INTO executors (id, agent_id, claude_session_id, state) "
+                "VALUES (%s, %s, %s, %s)",
+                row,
+            )
+
+
+def query(url: str, sql: str, params: Mapping[str, Any] | tuple[Any, ...] = ()) -> list[tuple]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute(sql, params or None).fetchall()
+
+
+def audit_rows(url: str, executor: str | None = None) -> list[tuple]:
+    """(event_id, event_type, actor, details) of the audit rows, oldest first."""
+    sql = "SELECT event_id::text, event_type, actor, details FROM audit_events"
+    if executor is not None:
+        return query(url, sql + " WHERE entity_id = %s ORDER BY id", (executor,))
+    return query(url, sql + " ORDER BY id")
+
+
+def session_of(url: str, executor: str) -> str | None:
+    rows = query(url, "SELECT claude_session_id FROM executors WHERE id = %s", (executor,))
+    return rows[0][0]

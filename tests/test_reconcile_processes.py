@@ -1,0 +1,149 @@
+"""Reconciliation across real hook processes on a real PostgreSQL: zero-DB hits proven on
+the server side, racing forks, pending observations replayed."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from reconcile_helpers import audit_rows, hook_process, query, run_hook, seed, session_of
+
+import journal
+from reconcile import Settings, replay_to_db, verify
+from reconcile._store import migrate
+
+
+@pytest.fixture
+def db(database_url: str) -> str:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        migrate(conn)
+    return database_url
+
+
+def server_sessions(probe: psycopg.Connection) -> int:
+    """Connections ever made to the probe's database, as the server counts them."""
+    previous = None
+    for _ in range(50):  # backends report their statistics as they exit
+        probe.execute("SELECT pg_stat_clear_snapshot()")
+        (value,) = probe.execute(
+            "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+        if value == previous:
+            return int(value)
+        previous = value
+        time.sleep(0.1)
+    raise AssertionError("pg_stat_database.sessions did not settle")
+
+
+def test_a_hit_makes_zero_database_calls_across_processes(tmp_path: Path, db: str):
+    seed(db, [("a-1", "alice", "core", "e-1")], [("e-1", "a-1", None, "running")])
+    home = tmp_path / "home"
+    payload = {"session_id": "s-1", "hook_event_name": "PreToolUse"}
+    run_hook(home, db, payload, RECONCILE_EXECUTOR_ID="e-1")  # the miss
+    run_hook(home, db, payload, GENIE_AGENT_NAME="alice", GENIE_TEAM="core")  # another key
+    with psycopg.connect(db, autocommit=True) as probe:
+        before = server_sessions(probe)
+        for identity in [{"RECONCILE_EXECUTOR_ID": "e-1"}] * 5 + [
+            {"GENIE_AGENT_NAME": "alice", "GENIE_TEAM": "core"}
+        ] * 5:
+            run_hook(home, db, payload, **identity)
+        after = server_sessions(probe)
+        assert after - before == 0
+        assert len(list(journal.history(home))) == 2  # hits wrote nothing either
+        run_hook(home, db, {"session_id": "s-2"}, RECONCILE_EXECUTOR_ID="e-1")  # a miss
+        assert server_sessions(probe) - after == 1  # the probe does see a connection
+
+
+def test_a_hit_needs_no_database_at_all(tmp_path: Path, db: str):
+    seed(db, [], [("e-1", None, None, "running")])
+    home = tmp_path / "home"
+    run_hook(home, db, {"session_id": "s-1"}, RECONCILE_EXECUTOR_ID="e-1")
+    journal.compact(home)
+    run_hook(
+        home, "postgresql://x@127.0.0.1:9/gone", {"session_id": "s-1"}, RECONCILE_EXECUTOR_ID="e-1"
+    )
+    assert [r.type for r in journal.history(home)] == ["session.reconciled"]  # no pending
+
+
+def test_64_forks_racing_on_one_executor_write_one_reconciled_row(tmp_path: Path, db: str):
+    seed(db, [("a-1", "alice", "core", "e-1")], [("e-1", "a-1", "s-old", "working")])
+    home = tmp_path / "home"
+    procs = [
+        hook_process(home, db, {"session_id": "s-new"}, RECONCILE_EXECUTOR_ID="e-1")
+        for _ in range(64)
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert (proc.returncode, out) == (0, b""), err
+    rows = audit_rows(db, "e-1")
+    assert [r[1] for r in rows] == ["session.reconciled"]
+    assert session_of(db, "e-1") == "s-new"
+    types = [r.type for r in journal.history(home)]
+    assert types.count("session.reconciled") == 1
+    assert set(types) <= {"session.reconciled", "session.confirmed"}
+    assert rows[0][0] in {r.id for r in journal.history(home)}
+
+
+def test_64_forks_on_64_executors_lose_nothing(tmp_path: Path, db: str):
+    n = 64
+    seed(
+        db,
+        [(f"a-{i}", f"agent-{i}", "team", f"e-{i}") for i in range(n)],
+        [(f"e-{i}", f"a-{i}", f"old-{i}", "running") for i in range(n)],
+    )
+    home = tmp_path / "home"
+    procs = []
+    for i in range(n):
+        identity = (
+            {"RECONCILE_EXECUTOR_ID": f"e-{i}"}
+            if i % 2
+            else {"GENIE_AGENT_NAME": f"agent-{i}", "GENIE_TEAM": "team"}
+        )
+        procs.append(hook_process(home, db, {"session_id": f"new-{i}"}, **identity))
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert (proc.returncode, out) == (0, b""), err
+    updated = query(db, "SELECT count(*) FROM executors WHERE claude_session_id LIKE 'new-%'")
+    assert updated == [(n,)]
+    assert len(audit_rows(db)) == n
+    report = journal.compact(home, wait=True)
+    assert report.entries == n
+    assert len(journal.load(home)) == n
+    settings = Settings.from_env({}, home=home, database_url=db)
+    assert verify(settings, db=True).ok
+
+
+def test_database_down_then_back_replays_pending_exactly_once(tmp_path: Path, db: str):
+    seed(db, [("a-1", "alice", "core", "e-1")], [("e-1", "a-1", "s-old", "running")])
+    home = tmp_path / "home"
+    down = "postgresql://postgres@127.0.0.1:9/gone"
+    run_hook(home, down, {"session_id": "s-new"}, GENIE_AGENT_NAME="alice", GENIE_TEAM="core")
+    run_hook(home, down, {"session_id": "s-new"}, GENIE_AGENT_NAME="alice", GENIE_TEAM="core")
+    assert [r.type for r in journal.history(home)] == ["session.pending"] * 2
+    assert session_of(db, "e-1") == "s-old"
+
+    settings = Settings.from_env({}, home=home, database_url=db)
+    first = replay_to_db(settings)
+    assert (first.pending, first.superseded, first.outcomes) == (1, 1, {"reconciled": 1})
+    assert session_of(db, "e-1") == "s-new"
+    assert [r[1] for r in audit_rows(db)] == ["session.reconciled"]
+
+    second = replay_to_db(settings)
+    assert (second.pending, second.outcomes, second.audit_rows_inserted) == (0, {}, 0)
+    assert len(audit_rows(db)) == 1
+    assert verify(settings, db=True).ok
+
+
+def test_replay_restores_missing_audit_rows_once(tmp_path: Path, db: str):
+    seed(db, [], [("e-1", None, "s-old", "running"), ("e-2", None, "x", "done")])
+    home = tmp_path / "home"
+    run_hook(home, db, {"session_id": "s-new"}, RECONCILE_EXECUTOR_ID="e-1")
+    run_hook(home, db, {"session_id": "s-live"}, RECONCILE_EXECUTOR_ID="e-2")
+    original = audit_rows(db)
+    query(db, "DELETE FROM audit_events RETURNING id")  # restored from an older backup
+    settings = Settings.from_env({}, home=home, database_url=db)
+    assert replay_to_db(settings).audit_rows_inserted == 2
+    assert audit_rows(db) == original
+    assert replay_to_db(settings).audit_rows_inserted == 0
