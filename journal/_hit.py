@@ -29,5 +29,7 @@ def latest(home: StrPath, key: str) -> dict[str, Any] | None:
     Reads the snapshot and the journals and decodes only lines that mention ``key``;
     returns a plain dict (see docs/formats.md) so that no class is imported.
     """
+    if os.path.islink(home):  # refused, as everywhere in the state directory
+        return None
     record = lookup([os.path.join(home, SNAPSHOT), *journal_files(home)], key)
     return None if record is None or record["data"] is None else record

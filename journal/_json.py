@@ -45,6 +45,12 @@ def parse_json(data: bytes | str) -> object:
         value, end = _scan(text, start)
     except StopIteration:
         raise ValueError("not a JSON document") from None
+    except (ValueError, SystemError):
+        # Malformed input. The scanner builds its error from json.decoder, and without
+        # that module loaded (3.11) it fails with SystemError: let json explain instead.
+        import json
+
+        return json.loads(text)
     if text[end:].strip(_WHITESPACE):
         raise ValueError("extra data after the JSON document")
     return value

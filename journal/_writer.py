@@ -114,7 +114,7 @@ class Writer:
         return self._fd
 
     def _create(self, pid: int) -> tuple[int, Path]:
-        directory = ensure_dir(self.home / JOURNAL_DIR)
+        directory = ensure_dir(ensure_dir(self.home) / JOURNAL_DIR)  # neither a symlink
         name = f"{pid}-{os.urandom(8).hex()}{JOURNAL_SUFFIX}"
         pending = directory / (name + PENDING_SUFFIX)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
