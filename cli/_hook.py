@@ -35,7 +35,10 @@ def _handle(env: dict[str, str]) -> None:
     payload = parse_payload(raw) if raw is not None else "payload_too_large"
     observation = payload if isinstance(payload, str) else observe(env, payload)
     if isinstance(observation, str):
-        _log_skip(env, observation)
+        # Silent when no identity is set at all: a session the orchestrator did not
+        # spawn, on every tool use, should cost nothing. Anything malformed is logged.
+        if observation != "missing_identity":
+            _log_skip(env, observation)
         return
     home = default_home(env)
     if check_hit(home, observation, max_age_s=_max_age(env)):

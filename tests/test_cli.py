@@ -80,6 +80,7 @@ def test_hook_without_identity_is_a_silent_no_op(home, db):
     done = cli("hook", home=home, url=db, stdin=b'{"session_id": "s-new"}')
     assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
     assert session_of(db, "e-1") == "s-old"
+    assert not home.exists()  # not even a log line: sessions nobody named cost nothing
 
 
 def test_hook_reconciles_then_hits(home, db):
