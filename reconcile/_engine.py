@@ -152,7 +152,7 @@ def maybe_compact(settings: Settings) -> bool:
         count = sum(1 for n in os.listdir(settings.home / "journal") if n.endswith(".jnl"))
     except OSError:
         return False
-    if count <= settings.compact_threshold:
+    if count <= settings.compact_threshold or compaction_running(settings):
         return False
     code = "import journal, sys; journal.compact(sys.argv[1], max_entries=int(sys.argv[2]))"
     try:
@@ -171,6 +171,23 @@ def maybe_compact(settings: Settings) -> bool:
         return False
     get_logger().info("compaction.started", journals=count)
     return True
+
+
+def compaction_running(settings: Settings) -> bool:
+    """Whether a compactor holds ``compact.lock`` (a shared probe, released at once)."""
+    import fcntl
+
+    try:
+        fd = os.open(settings.home / "compact.lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False  # never compacted, or unreadable: let the compactor find out
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _package_root() -> str:
