@@ -32,15 +32,23 @@ FILE_MODE = 0o600
 
 
 def ensure_dir(path: Path) -> Path:
-    """Create ``path`` (and missing parents) 0700; refuse a symlink or a non-directory."""
-    import contextlib  # here, not at the top: the hit path imports this module
-
-    with contextlib.suppress(FileExistsError):  # a file or a dangling symlink: see below
-        os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+    """Create ``path`` 0700 (missing parents too); refuse a symlink or a non-directory."""
+    try:
+        os.mkdir(path, DIR_MODE)  # the umask may narrow the mode, never widen it
+    except FileNotFoundError:
+        parent = os.path.dirname(os.path.abspath(path))
+        if parent == os.path.abspath(path):
+            raise UnsafePathError(f"{path} cannot be created") from None
+        ensure_dir(parent)  # type: ignore[arg-type]
+        return ensure_dir(path)
+    except FileExistsError:
+        pass  # a directory (fine), a file or a dangling symlink (refused below)
+    except OSError as exc:
+        raise UnsafePathError(f"{path} cannot be created: {exc.strerror}") from None
     try:
         st = os.lstat(path)
-    except FileNotFoundError:
-        raise UnsafePathError(f"{path} could not be created; check its parent") from None
+    except OSError as exc:
+        raise UnsafePathError(f"{path} cannot be used: {exc.strerror}") from None
     if stat.S_ISLNK(st.st_mode):
         raise UnsafePathError(f"{path} is a symlink; the state directory must be a real directory")
     if not stat.S_ISDIR(st.st_mode):

@@ -188,16 +188,17 @@ def test_identity_sources_and_precedence():
 
 
 def test_agent_keyed_entries_revalidate_after_max_age(settings):
+    # In the future of every id issued so far: event ids never go back in time.
     env = {"RECONCILE_AGENT_ID": "a-1"}
-    with freeze_time("2026-11-24 10:00:00"):
+    with freeze_time("2030-01-01 10:00:00"):
         assert reconcile_session(settings, env, {"session_id": "s-x"}).kind == "reconciled"
-    with freeze_time("2026-11-24 10:04:59"):
+    with freeze_time("2030-01-01 10:04:59"):
         assert reconcile_session(settings, env, {"session_id": "s-x"}).kind == "hit"
-    with freeze_time("2026-11-24 10:05:01"):
+    with freeze_time("2030-01-01 10:05:01"):
         assert reconcile_session(settings, env, {"session_id": "s-x"}).kind == "confirmed"
-    with freeze_time("2026-11-25 10:00:00"):  # executor keys do not age
+    with freeze_time("2030-01-02 10:00:00"):  # executor keys do not age
         reconcile_session(settings, EXEC_1, {"session_id": "s-x"})
-    with freeze_time("2026-12-25 10:00:00"):
+    with freeze_time("2030-02-01 10:00:00"):
         assert reconcile_session(settings, EXEC_1, {"session_id": "s-x"}).kind == "hit"
 
 

@@ -1,0 +1,52 @@
+"""The suite's PostgreSQL: one server per test session, one fresh database per test.
+
+The embedded server is started once (in a temporary state directory) and stopped at
+the end; with ``RECONCILE_TEST_DATABASE_URL`` set to an admin URL of a server you run,
+that server is used instead and left running.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+_numbers = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def admin_url() -> Iterator[str]:
+    """An admin URL (may create and drop databases) for the whole session."""
+    given = os.environ.get("RECONCILE_TEST_DATABASE_URL")
+    if given:
+        yield given
+        return
+    from reconcile import _server
+
+    home = Path(tempfile.mkdtemp(prefix="reconcile-test-pg-"))
+    try:
+        url = _server.up(home)
+        yield make_conninfo(url, dbname="postgres")
+    finally:
+        _server.down(home)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def database_url(admin_url: str) -> Iterator[str]:
+    """A fresh, empty database for one test; dropped afterwards."""
+    name = f"reconcile_test_{os.getpid()}_{next(_numbers)}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        yield make_conninfo(admin_url, dbname=name)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
