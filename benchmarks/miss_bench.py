@@ -28,6 +28,8 @@ from reconcile import Settings, configure_logging, settle
 from reconcile._fast import observe
 from reconcile._store import migrate
 
+DATABASE = "reconcile_miss_bench"
+
 
 def old_miss(url: str, agent_id: str, session_id: str) -> None:
     """The earlier handler's miss: three statements, each its own transaction."""
@@ -47,13 +49,16 @@ def old_miss(url: str, agent_id: str, session_id: str) -> None:
         )
 
 
-def commits(probe: psycopg.Connection) -> int:
-    """Committed transactions of the probe's database, once the statistics settled."""
+def statements(probe: psycopg.Connection, database: str) -> int:
+    """Statements the server committed for ``database``'s clients: ``xact_commit`` less
+    one per session (a connection's start-up commits one). The probe is connected to
+    another database, so its own queries are not counted."""
     previous = -1
-    for _ in range(50):
+    for _ in range(50):  # statistics reach the view shortly after backends exit
         probe.execute("SELECT pg_stat_clear_snapshot()")
         (value,) = probe.execute(
-            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+            "SELECT xact_commit - sessions FROM pg_stat_database WHERE datname = %s",
+            (database,),
         ).fetchone()
         if value == previous:
             return int(value)
@@ -66,9 +71,9 @@ def prepare(admin_url: str) -> str:
     from psycopg.conninfo import make_conninfo
 
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS reconcile_miss_bench WITH (FORCE)")
-        conn.execute("CREATE DATABASE reconcile_miss_bench")
-    url = make_conninfo(admin_url, dbname="reconcile_miss_bench")
+        conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {DATABASE}")
+    url = make_conninfo(admin_url, dbname=DATABASE)
     with psycopg.connect(url, autocommit=True) as conn:
         migrate(conn)
         conn.execute("INSERT INTO agents VALUES ('a-new', 'new', 'bench', 'e-new')")
@@ -107,7 +112,9 @@ def run(url: str, home: Path, misses: int) -> None:
     configure_logging(durable)  # logs to the state directory, not to this output
     times: dict[str, list[float]] = {"new": [], "new, no fsync": [], "earlier": []}
     trips: dict[str, int] = {}
-    with psycopg.connect(url, autocommit=True) as probe:
+    from psycopg.conninfo import make_conninfo
+
+    with psycopg.connect(make_conninfo(url, dbname="postgres"), autocommit=True) as probe:
         for i in range(misses):
             count = i == 0  # round trips: counted on the first miss of each
             for name, call in (
@@ -115,12 +122,12 @@ def run(url: str, home: Path, misses: int) -> None:
                 ("new, no fsync", lambda s=f"n-{i}": _new(relaxed, s)),
                 ("earlier", lambda s=f"s-{i}": old_miss(url, "a-old", s)),
             ):
-                before = commits(probe) if count else 0
+                before = statements(probe, DATABASE) if count else 0
                 started = time.perf_counter()
                 call()
                 times[name].append(time.perf_counter() - started)
                 if count:
-                    trips[name] = commits(probe) - before - 1  # less the probe's own query
+                    trips[name] = statements(probe, DATABASE) - before
     baseline = statistics.median(times["earlier"])
     print(f"{misses} misses each, interleaved, a fresh connection per miss")
     print(f"{'':16}{'median ms':>10}{'p99 ms':>9}{'ratio':>7}{'round trips':>13}")

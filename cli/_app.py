@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("demo", _demo.run, "the whole thing on an embedded PostgreSQL, with a report")
     p.add_argument("--agents", type=_positive_int, default=24)
     p.add_argument("--forks", type=_positive_int, default=200)
-    p.add_argument("--concurrency", type=_positive_int, default=8)
+    p.add_argument("--concurrency", type=_positive_int, default=os.cpu_count() or 2)
     p.add_argument("--json", action="store_true")
     return parser
 

@@ -62,9 +62,10 @@ def run(args: Any, settings: Settings) -> int:
         )
         before = _transactions(url)
         latencies = _run_forks(rounds, args.concurrency)
-        transactions = _transactions(url) - before - 1  # less the reading query itself
+        transactions = _transactions(url) - before
         journal.compact(home, max_entries=settings.max_entries, wait=True)
         report = _report(settings, agents, live, latencies, transactions)
+        report["concurrency"] = args.concurrency
     finally:
         if temporary:
             _server.down(home)
@@ -210,15 +211,20 @@ def _run_forks(rounds: list[list[Fork]], concurrency: int) -> list[float]:
 
 
 def _transactions(url: str) -> int:
-    """Committed transactions of the demo database, as the server counts them."""
+    """Transactions the demo database committed for its clients, as the server counts
+    them: ``xact_commit`` less one per session (each connection's start-up commits one).
+    Read from the ``postgres`` database, so that the reading is not counted itself."""
     import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-    with psycopg.connect(url, autocommit=True) as conn:
+    target = conninfo_to_dict(url)["dbname"]
+    with psycopg.connect(make_conninfo(url, dbname="postgres"), autocommit=True) as conn:
         previous = -1
         for _ in range(30):  # statistics reach the view shortly after backends exit
             conn.execute("SELECT pg_stat_clear_snapshot()")
             row = conn.execute(
-                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+                "SELECT xact_commit - sessions FROM pg_stat_database WHERE datname = %s",
+                (target,),
             ).fetchone()
             value = int(row[0]) if row else 0
             if value == previous:
