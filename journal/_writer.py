@@ -84,7 +84,6 @@ class Writer:
         self, key: str, data: dict[str, Any] | None, type: str, event_id: str | None = None
     ) -> str:
         pid = os.getpid()
-        fd = self._descriptor(pid)
         if event_id is None:
             event_id = self._clock.next()
         elif is_event_id(event_id):
@@ -92,6 +91,7 @@ class Writer:
         else:
             raise InvalidRecordError(f"event id {event_id!r:.60} is not a UUIDv7 string")
         line = encode(event_id=event_id, pid=pid, type=type, key=key, data=data)
+        fd = self._descriptor(pid)  # after encoding: a rejected record creates no file
         try:
             written = os.write(fd, line)
             if self.fsync:
@@ -108,7 +108,7 @@ class Writer:
         if self._pid != pid:  # forked: the inherited file is the parent's, not ours
             if self._fd is not None:
                 os.close(self._fd)
-            self._fd, self._path, self._pid, self._clock = None, None, pid, Clock()
+            self._fd, self._path, self._pid = None, None, pid
         if self._fd is None:
             self._fd, self._path = self._create(pid)
         return self._fd
