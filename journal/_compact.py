@@ -14,12 +14,11 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import attrs
 
 from journal._codec import NOT_A_FILE, Clock, encode, timestamp
-from journal._fold import Table, apply, fold, trim
+from journal._fold import Table, fold, trim
 from journal._layout import (
     ARCHIVE_DIR,
     COMPACT_LOCK,
@@ -34,8 +33,8 @@ from journal._layout import (
     write_atomically,
 )
 from journal._model import CompactionReport, Skips
-from journal._read import archive_files, journal_files
-from journal._scan import Line, open_regular, scan
+from journal._read import archive_files, fold_file, journal_files
+from journal._scan import Line, open_regular
 from journal._snapshot import read_snapshot, write_snapshot
 
 
@@ -86,9 +85,10 @@ def _compact_locked(home: Path, max_entries: int, retention: Retention) -> Compa
     table: Table = fold(snap.records)
     skips.update(line.reason for line in snap.skipped if line.reason)
     records = 0
+    floor = snap.floor
     if not snap.intact:
         for path in archive_files(home):
-            records += _fold_file(table, path, skips, finished=True, bad=None)
+            records += fold_file(table, path, skips, finished=True)
 
     finished: list[tuple[Path, int]] = []  # journals whose lock we hold, to archive
     live = 0
@@ -101,19 +101,19 @@ def _compact_locked(home: Path, max_entries: int, retention: Retention) -> Compa
                 continue
             if fd < 0:
                 live += 1
-                records += _fold_file(table, path, skips, finished=False, bad=None)
+                records += fold_file(table, path, skips, finished=False, floor=floor)
                 continue
             finished.append((path, fd))
             bad: list[Line] = []
-            records += _fold_file(table, path, skips, finished=True, bad=bad)
+            records += fold_file(table, path, skips, finished=True, floor=floor, bad=bad)
             if bad:
                 quarantined[path] = bad
 
-        evicted = trim(table, max_entries)
+        evicted, floor = trim(table, max_entries, floor)
         for path, lines in quarantined.items():
             _quarantine(home, path, lines)
         created = timestamp(Clock().next())
-        write_snapshot(home / SNAPSHOT, _encoded(table), created)
+        write_snapshot(home / SNAPSHOT, _encoded(table), created, floor)
         _archive(home, [path for path, _ in finished])
     finally:
         for _, fd in finished:
@@ -133,21 +133,6 @@ def _compact_locked(home: Path, max_entries: int, retention: Retention) -> Compa
         archive_pruned=pruned,
         snapshot_rebuilt=not snap.intact and snap.present,
     )
-
-
-def _fold_file(
-    table: Table, path: Path, skips: Counter[str], *, finished: bool, bad: list[Line] | None
-) -> int:
-    records = 0
-    for line in scan(path, finished=finished):
-        if line.record is not None:
-            apply(table, line.record)
-            records += 1
-        else:
-            skips[line.reason or NOT_A_FILE] += 1
-            if bad is not None:
-                bad.append(line)
-    return records
 
 
 def _lock_if_finished(path: Path) -> int | None:
@@ -239,8 +224,3 @@ def _remove_stale_pending(home: Path) -> None:
                 os.unlink(path)
         finally:
             os.close(fd)
-
-
-def snapshot_entries(home: Path | str) -> list[dict[str, Any]]:
-    """The snapshot's raw records (for status and verification)."""
-    return read_snapshot(Path(home) / SNAPSHOT).records

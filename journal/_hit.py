@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 
+from journal._json import parse_json
 from journal._layout import JOURNAL_DIR, JOURNAL_SUFFIX, SNAPSHOT, list_files
-from journal._scan import lookup
+from journal._scan import floor_of, latest_in, lookup, newer, read_all
 
 TYPE_CHECKING = False  # typing costs milliseconds on the hit path; checkers see True
 if TYPE_CHECKING:
@@ -27,9 +28,34 @@ def latest(home: StrPath, key: str) -> dict[str, Any] | None:
     """The hit path's read: the latest raw record for ``key``, None if absent or forgotten.
 
     Reads the snapshot and the journals and decodes only lines that mention ``key``;
-    returns a plain dict (see docs/formats.md) so that no class is imported.
+    returns a plain dict (see docs/formats.md) so that no class is imported. Journal
+    records at or below the snapshot's eviction floor count only for keys the snapshot
+    holds, exactly as in :func:`journal.load` (see :mod:`journal._fold`).
     """
     if os.path.islink(home):  # refused, as everywhere in the state directory
         return None
-    record = lookup([os.path.join(home, SNAPSHOT), *journal_files(home)], key)
-    return None if record is None or record["data"] is None else record
+    snapshot = read_all(os.path.join(home, SNAPSHOT))
+    if snapshot is None:
+        return None  # absurdly large: not ours to trust on the hit path
+    header, _, body = snapshot.partition(b"\n")
+    floor = _floor(header) if snapshot else None
+    if floor is False:
+        return None  # a snapshot without a readable header: let the database answer
+    best = latest_in(body, key)
+    found = lookup(journal_files(home), key)
+    if found is not None and newer(found, best):
+        order = (found["ts"], found["id"])
+        if best is not None or floor is None or order > floor:
+            best = found
+    return None if best is None or best["data"] is None else best
+
+
+def _floor(header: bytes) -> tuple[str, str] | bool | None:
+    """The eviction floor in a snapshot header; False if the header is unreadable."""
+    try:
+        parsed = parse_json(header)
+    except (ValueError, RecursionError):
+        return False
+    if not isinstance(parsed, dict) or parsed.get("snapshot") != 1:
+        return False
+    return floor_of(parsed)

@@ -12,10 +12,10 @@ from typing import Any
 
 from journal import _hit
 from journal._codec import NOT_A_FILE, order
-from journal._fold import Table, apply, fold
+from journal._fold import Order, Table, apply, fold
 from journal._layout import ARCHIVE_DIR, JOURNAL_SUFFIX, SNAPSHOT, list_files
 from journal._model import Record, Skips, State
-from journal._scan import open_regular, scan
+from journal._scan import Line, open_regular, scan
 from journal._snapshot import read_snapshot
 
 
@@ -43,25 +43,26 @@ def writer_gone(path: Path) -> bool | None:
     return True
 
 
-def fold_files(
-    table: Table, files: list[Path], skips: Counter[str], *, finished: bool | None
+def fold_file(
+    table: Table,
+    path: Path,
+    skips: Counter[str],
+    *,
+    finished: bool,
+    floor: Order | None = None,
+    bad: list[Line] | None = None,
 ) -> int:
-    """Fold every record of ``files`` into ``table``; count skips. Returns records read.
-
-    ``finished=None`` asks each journal's lock whether its writer is gone.
-    """
+    """Fold every record of one file into ``table``; count skipped lines (and keep them
+    in ``bad`` if given). Returns the number of records read."""
     records = 0
-    for path in files:
-        done = writer_gone(path) if finished is None else finished
-        if done is None:
-            skips[NOT_A_FILE] += 1
-            continue
-        for line in scan(path, finished=done):
-            if line.record is not None:
-                apply(table, line.record)
-                records += 1
-            else:
-                skips[line.reason or NOT_A_FILE] += 1
+    for line in scan(path, finished=finished):
+        if line.record is not None:
+            apply(table, line.record, floor)
+            records += 1
+        else:
+            skips[line.reason or NOT_A_FILE] += 1
+            if bad is not None:
+                bad.append(line)
     return records
 
 
@@ -71,8 +72,14 @@ def load_table(home: Path) -> tuple[Table, Counter[str], bool]:
     skips: Counter[str] = Counter(line.reason for line in snap.skipped if line.reason)
     table = fold(snap.records)
     if not snap.intact:
-        fold_files(table, archive_files(home), skips, finished=True)
-    fold_files(table, journal_files(home), skips, finished=None)
+        for path in archive_files(home):
+            fold_file(table, path, skips, finished=True)
+    for path in journal_files(home):
+        done = writer_gone(path)
+        if done is None:
+            skips[NOT_A_FILE] += 1
+        else:
+            fold_file(table, path, skips, finished=done, floor=snap.floor)
     return table, skips, snap.intact
 
 

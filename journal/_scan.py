@@ -101,21 +101,83 @@ def scan_stream(stream: Any, *, finished: bool, needle: bytes | None = None) -> 
 def lookup(files: list[StrPath], key: str) -> dict[str, Any] | None:
     """The latest raw record for ``key`` in ``files`` (tombstones included), or None.
 
-    The hit path: reads only lines that mention the key, decodes only those, and builds
-    no object but dicts.
+    The hit path: each file is read whole and searched for the key's bytes; only the
+    lines that mention it are decoded, and only plain dicts are built. A line still
+    being written (no newline yet) is left alone, as in :func:`scan`.
     """
-    needle = b'"key":' + _json_string(key) + b","
+    needle = key_needle(key)
     best: dict[str, Any] | None = None
     for path in files:
-        for line in scan(path, finished=False, needle=needle):
-            record = line.record
-            if (
-                record is not None
-                and record["key"] == key
-                and (best is None or (record["ts"], record["id"]) > (best["ts"], best["id"]))
-            ):
+        data = read_all(path)
+        if data is None:  # too large to hold: stream it line by line instead
+            records = (line.record for line in scan(path, finished=False, needle=needle))
+        else:
+            records = _mentioning(data, needle)
+        for record in records:
+            if record is not None and record["key"] == key and newer(record, best):
                 best = record
     return best
+
+
+def floor_of(header: object) -> tuple[str, str] | None:
+    """The eviction floor recorded in a parsed snapshot header (see :mod:`journal._fold`)."""
+    floor = header.get("floor") if isinstance(header, dict) else None
+    if isinstance(floor, list) and len(floor) == 2 and all(isinstance(x, str) for x in floor):
+        return floor[0], floor[1]
+    return None
+
+
+def key_needle(key: str) -> bytes:
+    """The bytes every record line about ``key`` contains."""
+    return b'"key":' + _json_string(key) + b","
+
+
+def newer(record: dict[str, Any], than: dict[str, Any] | None) -> bool:
+    return than is None or (record["ts"], record["id"]) > (than["ts"], than["id"])
+
+
+def _mentioning(data: bytes, needle: bytes) -> Iterator[dict[str, Any] | None]:
+    """Decode the complete lines of ``data`` that contain ``needle``. The needle may also
+    sit in another record's data: callers check the key itself."""
+    at = data.find(needle)
+    while at >= 0:
+        start = data.rfind(b"\n", 0, at) + 1
+        end = data.find(b"\n", at)
+        if end < 0:
+            return
+        if end - start < MAX_LINE:
+            yield decode(data[start:end])[0]
+        at = data.find(needle, end)
+
+
+def latest_in(data: bytes, key: str) -> dict[str, Any] | None:
+    """The latest record for ``key`` among the complete lines of ``data``."""
+    best = None
+    for record in _mentioning(data, key_needle(key)):
+        if record is not None and record["key"] == key and newer(record, best):
+            best = record
+    return best
+
+
+READ_WHOLE_MAX = 64 << 20  # bytes: a larger file (hostile, surely) is streamed
+
+
+def read_all(path: StrPath) -> bytes | None:
+    """The file's bytes (empty if it cannot be read), or None if it is too large."""
+    fd = open_regular(path)
+    if fd is None:
+        return b""
+    try:
+        if os.fstat(fd).st_size > READ_WHOLE_MAX:
+            return None
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
 
 
 def _json_string(text: str) -> bytes:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from journal._layout import write_atomically
-from journal._scan import Line, open_regular, scan_stream
+from journal._scan import Line, floor_of, open_regular, scan_stream
 
 FORMAT = 1
 MAX_SNAPSHOT_BYTES = 256 << 20  # far above any bounded cache; beyond it the file is not read
@@ -32,13 +32,14 @@ class SnapshotRead(NamedTuple):
     intact: bool  # False: missing or corrupt, so rebuild from the archive too
     present: bool
     skipped: list[Line]
+    floor: tuple[str, str] | None  # the newest (ts, id) ever evicted (see journal._fold)
 
 
 def read_snapshot(path: Path) -> SnapshotRead:
     """Read the snapshot at ``path``; never raises."""
     fd = open_regular(path)
     if fd is None:
-        return SnapshotRead([], not os.path.lexists(path), os.path.lexists(path), [])
+        return SnapshotRead([], not os.path.lexists(path), os.path.lexists(path), [], None)
     with os.fdopen(fd, "rb") as stream:
         content = stream.read(MAX_SNAPSHOT_BYTES + 1)
     header_end = content.find(b"\n")
@@ -58,7 +59,7 @@ def read_snapshot(path: Path) -> SnapshotRead:
         and header.get("entries") == len(records)
         and header.get("crc") == f"{zlib.crc32(body):08x}"
     )
-    return SnapshotRead(records, intact, True, skipped)
+    return SnapshotRead(records, intact, True, skipped, floor_of(header) if intact else None)
 
 
 def _header(line: bytes) -> dict[str, Any] | None:
@@ -71,7 +72,9 @@ def _header(line: bytes) -> dict[str, Any] | None:
     return None
 
 
-def write_snapshot(path: Path, lines: Iterable[bytes], created: str) -> int:
+def write_snapshot(
+    path: Path, lines: Iterable[bytes], created: str, floor: tuple[str, str] | None = None
+) -> int:
     """Atomically replace the snapshot with ``lines`` (encoded records); return its size."""
     lines = list(lines)
     body = b"".join(lines)
@@ -81,6 +84,7 @@ def write_snapshot(path: Path, lines: Iterable[bytes], created: str) -> int:
             "entries": len(lines),
             "crc": f"{zlib.crc32(body):08x}",
             "created": created,
+            "floor": list(floor) if floor else None,
         },
         separators=(",", ":"),
     ).encode("ascii")

@@ -184,3 +184,33 @@ class TestStorageConformance:
             writer.forget("a")
         journal.compact(tmp_path, retention=config["retention"])
         assert set(journal.load(tmp_path)) == {"b"}
+
+
+def test_an_evicted_key_is_not_resurrected_by_an_older_record(tmp_path):
+    stale = line("k", {"v": "stale"})  # older than everything below
+    with journal.Writer(tmp_path) as writer:
+        writer.append("k", {"v": "current"}, "t")
+        writer.append("other", {"v": 1}, "t")
+    report = journal.compact(tmp_path, max_entries=1)
+    assert report.evicted == 1 and set(journal.load(tmp_path)) == {"other"}
+    # The stale record comes back in a journal (folded again after a crash, or a
+    # long-lived writer's): below the eviction floor, it must not become the entry.
+    journal_file(tmp_path, [stale])
+    assert "k" not in journal.load(tmp_path)
+    assert journal.latest(tmp_path, "k") is None
+    assert journal.compact(tmp_path, max_entries=1).entries == 1
+    assert "k" not in journal.load(tmp_path)
+    fresh = line("k", {"v": "fresh"})  # newer than the floor: a real new entry
+    journal_file(tmp_path, [fresh])
+    assert journal.load(tmp_path)["k"].data == {"v": "fresh"}
+    assert journal.latest(tmp_path, "k")["data"] == {"v": "fresh"}
+
+
+def test_hit_path_refuses_a_snapshot_without_header(tmp_path):
+    with journal.Writer(tmp_path) as writer:
+        writer.append("k", {"v": 1}, "t")
+    journal.compact(tmp_path)
+    snapshot = tmp_path / "snapshot"
+    snapshot.write_bytes(b"garbage\n" + snapshot.read_bytes().split(b"\n", 1)[1])
+    assert journal.latest(tmp_path, "k") is None  # the database will answer
+    assert journal.load(tmp_path)["k"].data == {"v": 1}  # rebuilt from the archive
