@@ -150,11 +150,13 @@ print(json.dumps({"records": records, "seconds": elapsed, "rss_kb": rss}))
 """
 
 
-def bench_compaction(tmp: Path, records: int, files: int) -> list[dict[str, object]]:
+def bench_compaction(
+    tmp: Path, records: int, files: int, rounds: int = 3
+) -> list[dict[str, object]]:
     per_file = records // files
     results: dict[str, list[dict[str, float]]] = {"compact": [], "read": []}
-    for round_ in range(3):
-        home = tmp / f"compact-{round_}"
+    for round_ in range(rounds):
+        home = tmp / f"compact-{records}-{round_}"
         journal_dir = home / "journal"
         journal_dir.mkdir(parents=True)
         for f in range(files):
