@@ -166,10 +166,11 @@ def bench_compaction(
             out = subprocess.run(
                 [sys.executable, "-c", _CHILD, mode, str(home)],
                 capture_output=True,
-                check=True,
                 text=True,
                 env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
             )
+            if out.returncode != 0:
+                raise RuntimeError(f"{mode} of {records} records failed: {out.stderr[-2000:]}")
             results[mode].append(json.loads(out.stdout))
     compact = statistics.median(r["seconds"] for r in results["compact"])
     read = statistics.median(r["seconds"] for r in results["read"])

@@ -8,6 +8,7 @@ a journal still to be folded or already in the snapshot; folding it twice is har
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -33,8 +34,8 @@ from journal._layout import (
     write_atomically,
 )
 from journal._model import CompactionReport, Skips
-from journal._read import archive_files, fold_file, journal_files
-from journal._scan import Line, open_regular
+from journal._read import archive_files, fold_file, journal_files, writer_gone
+from journal._scan import Line
 from journal._snapshot import read_snapshot, write_snapshot
 
 
@@ -90,34 +91,31 @@ def _compact_locked(home: Path, max_entries: int, retention: Retention) -> Compa
         for path in archive_files(home):
             records += fold_file(table, path, skips, finished=True)
 
-    finished: list[tuple[Path, int]] = []  # journals whose lock we hold, to archive
-    live = 0
-    quarantined: dict[Path, list[Line]] = {}
-    try:
-        for path in journal_files(home):
-            fd = _lock_if_finished(path)
-            if fd is None:
-                skips[NOT_A_FILE] += 1
-                continue
-            if fd < 0:
-                live += 1
-                records += fold_file(table, path, skips, finished=False, floor=floor)
-                continue
-            finished.append((path, fd))
-            bad: list[Line] = []
-            records += fold_file(table, path, skips, finished=True, floor=floor, bad=bad)
-            if bad:
-                quarantined[path] = bad
+    # A journal whose lock can be taken is finished for good: writers never reopen a
+    # journal, so the lock need not be held while it is folded and archived (holding
+    # one descriptor per journal would run out of them on a large backlog).
+    finished: list[Path] = []
+    live = quarantined = 0
+    for path in journal_files(home):
+        done = writer_gone(path)
+        if done is None:
+            skips[NOT_A_FILE] += 1
+            continue
+        if not done:
+            live += 1
+            records += fold_file(table, path, skips, finished=False, floor=floor)
+            continue
+        finished.append(path)
+        bad: list[Line] = []
+        records += fold_file(table, path, skips, finished=True, floor=floor, bad=bad)
+        if bad:  # written now, before the snapshot: memory stays flat
+            _quarantine(home, path, bad)
+            quarantined += len(bad)
 
-        evicted, floor = trim(table, max_entries, floor)
-        for path, lines in quarantined.items():
-            _quarantine(home, path, lines)
-        created = timestamp(Clock().next())
-        write_snapshot(home / SNAPSHOT, _encoded(table), created, floor)
-        _archive(home, [path for path, _ in finished])
-    finally:
-        for _, fd in finished:
-            os.close(fd)
+    evicted, floor = trim(table, max_entries, floor)
+    created = timestamp(Clock().next())
+    write_snapshot(home / SNAPSHOT, _encoded(table), created, floor)
+    _archive(home, finished)
     pruned = _prune_archive(home, retention)
     _remove_stale_pending(home)
     return CompactionReport(
@@ -127,26 +125,12 @@ def _compact_locked(home: Path, max_entries: int, retention: Retention) -> Compa
         live_files=live,
         records=records,
         skipped=Skips.from_counts(skips),
-        quarantined=sum(len(lines) for lines in quarantined.values()),
+        quarantined=quarantined,
         entries=sum(1 for r in table.values() if r["data"] is not None),
         evicted=len(evicted),
         archive_pruned=pruned,
         snapshot_rebuilt=not snap.intact and snap.present,
     )
-
-
-def _lock_if_finished(path: Path) -> int | None:
-    """A descriptor holding the journal's lock if its writer is gone; -1 if live; None if
-    it is not a regular file (a planted symlink, a directory)."""
-    fd = open_regular(path)
-    if fd is None:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return -1
-    return fd
 
 
 def _encoded(table: Table) -> list[bytes]:
@@ -215,12 +199,9 @@ def _prune_archive(home: Path, retention: Retention) -> int:
 def _remove_stale_pending(home: Path) -> None:
     now = time.time()
     for path in map(Path, list_files(home / JOURNAL_DIR, PENDING_SUFFIX)):
-        fd = _lock_if_finished(path)
-        if fd is None or fd < 0:
+        if not writer_gone(path):
             continue
-        try:
-            st = os.fstat(fd)
+        with contextlib.suppress(OSError):
+            st = os.lstat(path)
             if st.st_size == 0 and now - st.st_mtime > STALE_PENDING_S:
                 os.unlink(path)
-        finally:
-            os.close(fd)
