@@ -23,10 +23,9 @@ class _BoundedFile:
     """Appends each log line with one write(); past ``max_bytes`` the file is renamed to
     ``.1`` (replacing the previous one) and a new one begun: at most twice the bound."""
 
-    def __init__(self, path: Path, max_bytes: int, echo: bool) -> None:
+    def __init__(self, path: Path, max_bytes: int) -> None:
         self.path = path
         self.max_bytes = max_bytes
-        self.echo = echo
 
     def msg(self, message: str) -> None:
         line = (message + "\n").encode("utf-8", "replace")
@@ -43,10 +42,19 @@ class _BoundedFile:
                 os.replace(self.path, self.path.with_name(self.path.name + ".1"))
         except OSError:
             pass  # logging must never break the caller; the event itself is journaled
-        if self.echo:
-            sys.stderr.write(message + "\n")
 
     log = debug = info = warning = warn = error = critical = exception = msg
+
+
+class _Console:
+    """A processor that also shows each event, human-readable, on stderr (``-v``)."""
+
+    def __init__(self) -> None:
+        self.render = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+
+    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+        sys.stderr.write(str(self.render(logger, method, dict(event))) + "\n")
+        return event
 
 
 def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -62,12 +70,14 @@ def configure(settings: Settings, *, verbose: bool = False) -> None:
         path = ensure_dir(settings.home / LOG_DIR) / LOG_NAME
     except Exception:  # an unusable home: logs go nowhere rather than break the hook
         path = Path(os.devnull)
-    sink = _BoundedFile(path, settings.log_max_bytes, verbose)
+    sink = _BoundedFile(path, settings.log_max_bytes)
+    console = [_Console()] if verbose else []
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _redact,
+            *console,
             structlog.processors.format_exc_info,
             structlog.processors.JSONRenderer(),
         ],
