@@ -75,7 +75,7 @@ def test_concurrent_up_starts_one_server(home):
         results = list(pool.map(lambda _: db(home, "up", "--json"), range(4)))
     assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
     assert len({json.loads(r.stdout)["url"] for r in results}) == 1
-    postmasters = subprocess.run(["pgrep", "-f", f"-D {home}/pg/data"], capture_output=True)
+    postmasters = subprocess.run(["pgrep", "-f", "--", f"-D {home}/pg/data"], capture_output=True)
     assert len(postmasters.stdout.split()) == 1
 
 
