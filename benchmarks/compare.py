@@ -23,7 +23,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import journal
 from journal._fold import trim
-from reconcile._store import migrate
+from reconcile._store import database_activity, migrate
 
 OLD_HOOK = Path(__file__).with_name("old_hook.py")
 COMPACT_THRESHOLD = 64  # RECONCILE_COMPACT_THRESHOLD's default
@@ -142,23 +142,6 @@ def hit_latency(bench: Bench, runs: int) -> dict[str, list[float]]:
     return {name: [t * 1000 for t in values] for name, values in times.items()}
 
 
-def _server_counts(probe: psycopg.Connection, database: str) -> tuple[int, int]:
-    """(statements, connections) the server counted for ``database``: xact_commit less
-    one per session, since a connection's start-up commits a transaction of its own."""
-    previous = None
-    for _ in range(50):  # statistics reach the view shortly after backends exit
-        probe.execute("SELECT pg_stat_clear_snapshot()")
-        row = probe.execute(
-            "SELECT xact_commit - sessions, sessions FROM pg_stat_database WHERE datname = %s",
-            (database,),
-        ).fetchone()
-        if row == previous:
-            return int(row[0]), int(row[1])
-        previous = row
-        time.sleep(0.1)
-    raise RuntimeError("pg_stat_database did not settle")
-
-
 def round_trips(bench: Bench, forks: int) -> list[dict[str, Any]]:
     """Statements and connections per hit and per miss, counted by the server."""
     rows = []
@@ -170,13 +153,13 @@ def round_trips(bench: Bench, forks: int) -> list[dict[str, Any]]:
         env = bench.env(url, home, home / "cache.json", 0)
         other = make_conninfo(url, dbname="postgres")  # the probe's own queries: elsewhere
         with psycopg.connect(other, autocommit=True) as probe:
-            start = _server_counts(probe, name)
+            start = database_activity(probe, name)
             for i in range(forks):
                 bench.run(argv, env, f"rotated-{i}")  # each a new session id: misses
-            misses = _server_counts(probe, name)
+            misses = database_activity(probe, name)
             for _ in range(forks):
                 bench.run(argv, env, f"rotated-{forks - 1}")  # the same one again: hits
-            hits = _server_counts(probe, name)
+            hits = database_activity(probe, name)
         rows.append(
             {
                 "design": design,

@@ -26,7 +26,7 @@ from psycopg.types.json import Jsonb
 import journal
 from reconcile import Settings, configure_logging, settle
 from reconcile._fast import observe
-from reconcile._store import migrate
+from reconcile._store import database_activity, migrate
 
 DATABASE = "reconcile_miss_bench"
 
@@ -47,24 +47,6 @@ def old_miss(url: str, agent_id: str, session_id: str) -> None:
             "VALUES ('executor', %s, 'session.reconciled', %s, %s)",
             (executor, agent_id, Jsonb({"old_session_id": old, "new_session_id": session_id})),
         )
-
-
-def statements(probe: psycopg.Connection, database: str) -> int:
-    """Statements the server committed for ``database``'s clients: ``xact_commit`` less
-    one per session (a connection's start-up commits one). The probe is connected to
-    another database, so its own queries are not counted."""
-    previous = -1
-    for _ in range(50):  # statistics reach the view shortly after backends exit
-        probe.execute("SELECT pg_stat_clear_snapshot()")
-        (value,) = probe.execute(
-            "SELECT xact_commit - sessions FROM pg_stat_database WHERE datname = %s",
-            (database,),
-        ).fetchone()
-        if value == previous:
-            return int(value)
-        previous = int(value)
-        time.sleep(0.1)
-    return previous
 
 
 def prepare(admin_url: str) -> str:
@@ -122,12 +104,12 @@ def run(url: str, home: Path, misses: int) -> None:
                 ("new, no fsync", lambda s=f"n-{i}": _new(relaxed, s)),
                 ("earlier", lambda s=f"s-{i}": old_miss(url, "a-old", s)),
             ):
-                before = statements(probe, DATABASE) if count else 0
+                before = database_activity(probe, DATABASE)[0] if count else 0
                 started = time.perf_counter()
                 call()
                 times[name].append(time.perf_counter() - started)
                 if count:
-                    trips[name] = statements(probe, DATABASE) - before
+                    trips[name] = database_activity(probe, DATABASE)[0] - before
     baseline = statistics.median(times["earlier"])
     print(f"{misses} misses each, interleaved, a fresh connection per miss")
     print(f"{'':16}{'median ms':>10}{'p99 ms':>9}{'ratio':>7}{'round trips':>13}")

@@ -211,27 +211,14 @@ def _run_forks(rounds: list[list[Fork]], concurrency: int) -> list[float]:
 
 
 def _transactions(url: str) -> int:
-    """Transactions the demo database committed for its clients, as the server counts
-    them: ``xact_commit`` less one per session (each connection's start-up commits one).
-    Read from the ``postgres`` database, so that the reading is not counted itself."""
+    """Statements the server committed for the demo database's clients."""
     import psycopg
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-    target = conninfo_to_dict(url)["dbname"]
-    with psycopg.connect(make_conninfo(url, dbname="postgres"), autocommit=True) as conn:
-        previous = -1
-        for _ in range(30):  # statistics reach the view shortly after backends exit
-            conn.execute("SELECT pg_stat_clear_snapshot()")
-            row = conn.execute(
-                "SELECT xact_commit - sessions FROM pg_stat_database WHERE datname = %s",
-                (target,),
-            ).fetchone()
-            value = int(row[0]) if row else 0
-            if value == previous:
-                return value
-            previous = value
-            time.sleep(0.2)
-        return previous
+    from reconcile._store import database_activity
+
+    with psycopg.connect(make_conninfo(url, dbname="postgres"), autocommit=True) as probe:
+        return database_activity(probe, conninfo_to_dict(url)["dbname"])[0]
 
 
 def _report(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from importlib import resources
 from typing import Any
@@ -265,3 +266,27 @@ def ping(conn: psycopg.Connection) -> str:
     """The server's version string (a cheap reachability check)."""
     row = conn.execute("SHOW server_version").fetchone()
     return str(row[0]) if row else "?"
+
+
+def database_activity(probe: psycopg.Connection, database: str) -> tuple[int, int]:
+    """(statements, connections) the server has counted for ``database``'s clients.
+
+    From ``pg_stat_database``: ``sessions``, and ``xact_commit - sessions`` as the
+    statements, since each connection's start-up commits a transaction of its own (in
+    autocommit each statement is one transaction). Connect ``probe`` to another database
+    so that its own queries are not counted. Waits until the figures settle: backends
+    report their statistics as they exit.
+    """
+    previous = None
+    for _ in range(100):
+        probe.execute("SELECT pg_stat_clear_snapshot()")
+        row = probe.execute(
+            "SELECT xact_commit - sessions, sessions FROM pg_stat_database WHERE datname = %s",
+            (database,),
+        ).fetchone()
+        current = (int(row[0]), int(row[1])) if row else (0, 0)
+        if current == previous:
+            return current
+        previous = current
+        time.sleep(0.1)
+    raise DatabaseUnavailable(f"the statistics of {database} did not settle")

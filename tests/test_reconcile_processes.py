@@ -3,16 +3,16 @@ the server side, racing forks, pending observations replayed."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from reconcile_helpers import audit_rows, hook_process, query, run_hook, seed, session_of
 
 import journal
 from reconcile import Settings, replay_to_db, verify
-from reconcile._store import migrate
+from reconcile._store import database_activity, migrate
 
 
 @pytest.fixture
@@ -22,19 +22,9 @@ def db(database_url: str) -> str:
     return database_url
 
 
-def server_sessions(probe: psycopg.Connection) -> int:
-    """Connections ever made to the probe's database, as the server counts them."""
-    previous = None
-    for _ in range(50):  # backends report their statistics as they exit
-        probe.execute("SELECT pg_stat_clear_snapshot()")
-        (value,) = probe.execute(
-            "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
-        ).fetchone()
-        if value == previous:
-            return int(value)
-        previous = value
-        time.sleep(0.1)
-    raise AssertionError("pg_stat_database.sessions did not settle")
+def server_sessions(probe: psycopg.Connection, database: str) -> int:
+    """Connections ever made to ``database``, as the server counts them."""
+    return database_activity(probe, database)[1]
 
 
 def test_a_hit_makes_zero_database_calls_across_processes(tmp_path: Path, db: str):
@@ -43,17 +33,18 @@ def test_a_hit_makes_zero_database_calls_across_processes(tmp_path: Path, db: st
     payload = {"session_id": "s-1", "hook_event_name": "PreToolUse"}
     run_hook(home, db, payload, RECONCILE_EXECUTOR_ID="e-1")  # the miss
     run_hook(home, db, payload, GENIE_AGENT_NAME="alice", GENIE_TEAM="core")  # another key
-    with psycopg.connect(db, autocommit=True) as probe:
-        before = server_sessions(probe)
+    name = conninfo_to_dict(db)["dbname"]
+    with psycopg.connect(make_conninfo(db, dbname="postgres"), autocommit=True) as probe:
+        before = server_sessions(probe, name)
         for identity in [{"RECONCILE_EXECUTOR_ID": "e-1"}] * 5 + [
             {"GENIE_AGENT_NAME": "alice", "GENIE_TEAM": "core"}
         ] * 5:
             run_hook(home, db, payload, **identity)
-        after = server_sessions(probe)
+        after = server_sessions(probe, name)
         assert after - before == 0
         assert len(list(journal.history(home))) == 2  # hits wrote nothing either
         run_hook(home, db, {"session_id": "s-2"}, RECONCILE_EXECUTOR_ID="e-1")  # a miss
-        assert server_sessions(probe) - after == 1  # the probe does see a connection
+        assert server_sessions(probe, name) - after == 1  # the probe does see a connection
 
 
 def test_a_hit_needs_no_database_at_all(tmp_path: Path, db: str):
