@@ -14,7 +14,6 @@ import gc
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -92,6 +91,10 @@ def ratio(candidate: Sequence[float], baseline: Sequence[float], q: float = 50) 
 
 
 # Appended to a child's code: its peak resident set, then its result, as one JSON line.
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across execve from the image that was
+# replaced, which after fork/vfork is the *parent's*, so a child of a 300 MB benchmark
+# process reports 300 MB (RUSAGE_CHILDREN in the parent has the same flaw). VmHWM
+# belongs to the new address space only.
 _REPORT = """
 def _peak_rss_kb():
     try:
@@ -131,11 +134,6 @@ def run_child(code: str, *args: str, timeout: float = 600) -> dict[str, Any]:
 
 def _pythonpath() -> str:
     return os.environ.get("PYTHONPATH", "")
-
-
-def children_max_rss_kb() -> int:
-    """The largest peak RSS of any child waited for so far (a cross-check of run_child)."""
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 
 
 def duration(seconds: float) -> str:
