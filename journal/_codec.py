@@ -114,7 +114,8 @@ def decode(line: bytes) -> tuple[dict[str, Any] | None, str | None]:
         return None, JSON
     if not isinstance(record, dict):
         return None, JSON
-    if record.get("v") != VERSION:
+    version = record.get("v")
+    if type(version) is not int or version != VERSION:  # not True, not 1.0
         return None, VERSION_REASON
     if not _well_formed(record):
         return None, JSON
@@ -126,7 +127,7 @@ def _well_formed(record: dict[str, Any]) -> bool:
         len(record) == len(_FIELDS)
         and isinstance(record.get("id"), str)
         and isinstance(record.get("ts"), str)
-        and isinstance(record.get("pid"), int)
+        and type(record.get("pid")) is int
         and isinstance(record.get("type"), str)
         and isinstance(record.get("key"), str)
         and bool(record["key"])

@@ -74,10 +74,13 @@ def fsync_dir(path: Path) -> None:
 
 
 def list_files(directory: StrPath, suffix: str) -> list[str]:
-    """Paths in ``directory`` ending in ``suffix``, sorted; none if it does not exist."""
+    """Paths in ``directory`` ending in ``suffix``, sorted; none if it does not exist,
+    is not readable, or is a symlink (refused, never followed)."""
     try:
+        if stat.S_ISLNK(os.lstat(directory).st_mode):
+            return []
         names = os.listdir(directory)
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:
         return []
     return [os.path.join(directory, name) for name in sorted(names) if name.endswith(suffix)]
 

@@ -68,6 +68,8 @@ def fold_file(
 
 def load_table(home: Path) -> tuple[Table, Counter[str], bool]:
     """Snapshot + journals (+ archive when the snapshot is not intact), folded."""
+    if os.path.islink(home):  # refused, never followed
+        return {}, Counter({NOT_A_FILE: 1}), False
     snap = read_snapshot(home / SNAPSHOT)
     skips: Counter[str] = Counter(line.reason for line in snap.skipped if line.reason)
     table = fold(snap.records)
@@ -105,6 +107,8 @@ def history(
     memory grows with the number of overlapping files, not with history.
     """
     home = Path(home)
+    if home.is_symlink():  # refused, never followed
+        return
     heads: list[tuple[tuple[str, str], int, Path]] = []
     for index, path in enumerate(archive_files(home) + journal_files(home)):
         first = next(_records(path), None)

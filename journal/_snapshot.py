@@ -39,7 +39,9 @@ def read_snapshot(path: Path) -> SnapshotRead:
     """Read the snapshot at ``path``; never raises."""
     fd = open_regular(path)
     if fd is None:
-        return SnapshotRead([], not os.path.lexists(path), os.path.lexists(path), [], None)
+        # Missing or not a file: not intact, so readers fold the archive too (empty
+        # before the first compaction; after it, what an operator's delete would lose).
+        return SnapshotRead([], False, os.path.lexists(path), [], None)
     with os.fdopen(fd, "rb") as stream:
         content = stream.read(MAX_SNAPSHOT_BYTES + 1)
     header_end = content.find(b"\n")

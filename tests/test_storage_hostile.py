@@ -133,3 +133,58 @@ def test_file_modes(tmp_path):
         assert oct(os.stat(directory).st_mode & 0o777) == "0o700", directory
     for file in (home / "snapshot", home / "archive" / path.name, home / "compact.lock"):
         assert oct(os.stat(file).st_mode & 0o777) == "0o600", file
+
+
+def test_hit_path_never_trusts_a_corrupt_snapshot(tmp_path):
+    # A live writer still holds an older record; a newer one was compacted into the
+    # snapshot; then one byte of the snapshot flips. load() rebuilds from the archive
+    # and finds the newer record; the hit path must not answer with the older one.
+    live = journal.Writer(tmp_path, fsync=False)
+    live.append("e-1", {"session_id": "A"}, "t")
+    with journal.Writer(tmp_path, fsync=False) as writer:
+        writer.append("e-1", {"session_id": "B"}, "t")
+    journal.compact(tmp_path)
+    snapshot = tmp_path / "snapshot"
+    raw = snapshot.read_bytes()
+    at = raw.index(b'"B"') + 1
+    snapshot.write_bytes(raw[:at] + b"C" + raw[at + 1 :])
+    assert journal.load(tmp_path)["e-1"].data == {"session_id": "B"}
+    assert journal.latest(tmp_path, "e-1") is None  # a miss: the database answers
+    live.close()
+
+
+def test_a_deleted_snapshot_is_rebuilt_from_the_archive(tmp_path):
+    with journal.Writer(tmp_path) as writer:
+        writer.append("k", {"n": 1}, "t")
+    journal.compact(tmp_path)
+    (tmp_path / "snapshot").unlink()
+    assert journal.load(tmp_path)["k"].data == {"n": 1}
+    assert journal.latest(tmp_path, "k") is None  # not guessed from journals alone
+    report = journal.compact(tmp_path)
+    assert report.entries == 1
+    assert journal.latest(tmp_path, "k")["data"] == {"n": 1}
+
+
+def test_readers_refuse_symlinked_directories(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    journal_file(elsewhere, [line("planted", {"n": 1})])
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "journal").symlink_to(elsewhere / "journal")
+    assert "planted" not in journal.load(home)
+    assert list(journal.history(home)) == []
+    assert journal.latest(home, "planted") is None
+    linked_home = tmp_path / "linked"
+    linked_home.symlink_to(elsewhere)
+    assert len(journal.load(linked_home)) == 0
+    assert list(journal.history(linked_home)) == []
+
+
+@pytest.mark.parametrize("version", [b"true", b"1.0", b'"1"'])
+def test_only_the_integer_version_1_is_version_1(version):
+    import zlib
+
+    from journal._codec import decode
+
+    body = b'{"v":' + version + b',"id":"x","ts":"y","pid":1,"type":"t","key":"k","data":{}}'
+    assert decode(b'{"crc":"%08x","rec":%s}' % (zlib.crc32(body), body))[1] == "version"
