@@ -11,7 +11,7 @@ import attrs
 
 import journal
 import reconcile
-from cli._output import age, emit_json, emit_pairs, emit_table, progress
+from cli._output import age, emit_json, emit_pairs, emit_table, progress, progress_bar
 from reconcile._fast import PENDING, SETTLED_SESSION
 from reconcile._settings import Settings, redact_url
 
@@ -29,9 +29,13 @@ def hook(args: Any) -> int:
 
 
 def compact(args: Any, settings: Settings) -> int:
-    report = journal.compact(
-        settings.home, max_entries=args.max_entries or settings.max_entries, wait=args.wait
-    )
+    with progress_bar("compact") as advance:
+        report = journal.compact(
+            settings.home,
+            max_entries=args.max_entries or settings.max_entries,
+            wait=args.wait,
+            progress=advance,
+        )
     if args.json:
         emit_json(report.to_dict())
     elif report.busy:

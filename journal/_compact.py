@@ -14,6 +14,7 @@ import json
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -56,11 +57,13 @@ def compact(
     max_entries: int = 1000,
     wait: bool = False,
     retention: Retention | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> CompactionReport:
     """Fold every journal into a new snapshot and archive the finished ones.
 
     Takes ``compact.lock`` without blocking: if another compaction holds it, returns a
-    report with ``busy=True`` (or waits for it with ``wait=True``).
+    report with ``busy=True`` (or waits for it with ``wait=True``). ``progress`` is called
+    with (journals folded, journals in all) as the fold advances.
     """
     if max_entries < 1:
         raise ValueError("max_entries must be at least 1")
@@ -74,13 +77,18 @@ def compact(
             fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return CompactionReport(busy=True)
-        report = _compact_locked(home, max_entries, retention or Retention())
+        report = _compact_locked(home, max_entries, retention or Retention(), progress)
     finally:
         os.close(lock)
     return attrs.evolve(report, duration_s=time.monotonic() - started)
 
 
-def _compact_locked(home: Path, max_entries: int, retention: Retention) -> CompactionReport:
+def _compact_locked(
+    home: Path,
+    max_entries: int,
+    retention: Retention,
+    progress: Callable[[int, int], None] | None,
+) -> CompactionReport:
     skips: Counter[str] = Counter()
     snap = read_snapshot(home / SNAPSHOT)
     table: Table = fold(snap.records)
@@ -96,7 +104,10 @@ def _compact_locked(home: Path, max_entries: int, retention: Retention) -> Compa
     # one descriptor per journal would run out of them on a large backlog).
     finished: list[Path] = []
     live = quarantined = 0
-    for path in journal_files(home):
+    journals = journal_files(home)
+    for index, path in enumerate(journals):
+        if progress is not None:
+            progress(index, len(journals))
         done = writer_gone(path)
         if done is None:
             skips[NOT_A_FILE] += 1
