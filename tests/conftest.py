@@ -1,8 +1,9 @@
 """The suite's PostgreSQL: one server per test session, one fresh database per test.
 
-The embedded server is started once (in a temporary state directory) and stopped at
-the end; with ``RECONCILE_TEST_DATABASE_URL`` set to an admin URL of a server you run,
-that server is used instead and left running.
+The embedded server (``reconcile._server``) is started once, in a temporary state
+directory, and stopped at the end. With ``RECONCILE_TEST_DATABASE_URL`` set to an admin
+URL of a server you run (one that may create and drop databases), that server is used
+instead and left running.
 """
 
 from __future__ import annotations
@@ -30,9 +31,12 @@ def admin_url() -> Iterator[str]:
         return
     from reconcile import _server
 
+    # Not under tmp_path_factory: each pytest session resets /tmp/pytest-of-<user> to
+    # 0700, and under root the server (run as reconcile-pg) needs to traverse it; another
+    # session starting meanwhile would make it PANIC (it reopens files by absolute path).
     home = Path(tempfile.mkdtemp(prefix="reconcile-test-pg-"))
+    url = _server.up(home)
     try:
-        url = _server.up(home)
         yield make_conninfo(url, dbname="postgres")
     finally:
         _server.down(home)
@@ -41,9 +45,11 @@ def admin_url() -> Iterator[str]:
 
 @pytest.fixture
 def database_url(admin_url: str) -> Iterator[str]:
-    """A fresh, empty database for one test; dropped afterwards."""
+    """A fresh, empty database for one test; dropped afterwards, sessions and all."""
+    # The pid keeps two sessions sharing one RECONCILE_TEST_DATABASE_URL apart.
     name = f"reconcile_test_{os.getpid()}_{next(_numbers)}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # a crashed run's
         conn.execute(f"CREATE DATABASE {name}")
     try:
         yield make_conninfo(admin_url, dbname=name)
