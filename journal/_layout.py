@@ -98,5 +98,9 @@ def write_atomically(path: Path, content: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:  # a directory where the file should be, say
+        os.unlink(tmp)
+        raise UnsafePathError(f"{path} cannot be replaced ({exc.strerror}); move it away") from None
     fsync_dir(path.parent)
