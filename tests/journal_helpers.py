@@ -6,9 +6,11 @@ package and costs about a millisecond, where a fresh interpreter costs tens.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
-from collections.abc import Callable, Iterable
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +95,37 @@ def latest_per_key(home: Path) -> dict[str, journal.Record]:
 def open_fds() -> int:
     """How many descriptors this process holds now."""
     return len(os.listdir("/proc/self/fd"))
+
+
+@contextlib.contextmanager
+def live_writer(home: Path, keys: Iterable[str] = ("live",)) -> Iterator[tuple[int, Path]]:
+    """A child process holding an open Writer that appended one record per key; yields
+    (its pid, its journal's path) and ends it on exit."""
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+
+    def body() -> None:
+        os.close(ready_r)
+        os.close(done_w)
+        writer = journal.Writer(home, fsync=False)
+        for n, key in enumerate(keys):
+            writer.append(key, {"n": n}, "t")
+        os.write(ready_w, str(writer.path).encode())
+        os.close(ready_w)
+        os.read(done_r, 1)  # until the parent closes its end
+        writer.close()
+
+    pid = fork(body)
+    os.close(ready_w)
+    os.close(done_r)
+    try:
+        path = Path(drain(ready_r).decode())
+        yield pid, path
+    finally:
+        os.close(done_w)
+        assert reap([pid]) == [0]
+
+
+def framed(raw: bytes) -> bytes:
+    """A record line around arbitrary ``raw`` bytes, with a CRC that matches them."""
+    return b'{"crc":"%08x","rec":%s}\n' % (zlib.crc32(raw), raw)
