@@ -17,7 +17,17 @@ from hypothesis import strategies as st
 from journal_helpers import raw_line, write_journal
 
 import journal
-from journal._codec import MAX_KEY, MAX_LINE, REASONS, Clock, decode, encode
+from journal._codec import (
+    MAX_KEY,
+    MAX_LINE,
+    REASONS,
+    Clock,
+    _uuid7,
+    decode,
+    encode,
+    is_event_id,
+    timestamp,
+)
 from journal._errors import RecordTooLargeError
 from journal._fold import apply, fold, trim
 
@@ -155,6 +165,14 @@ def test_codec_round_trips(key, type_, data, pid):
         "data": data,
     }
     assert journal.Record.from_raw(record).is_tombstone is (data is None)
+
+
+@given(st.integers(min_value=0, max_value=(1 << 48) * 1000 - 1))
+def test_event_ids_encode_their_microsecond_exactly(us):
+    event_id = _uuid7(us)
+    assert is_event_id(event_id)
+    assert journal.event_time_us(event_id) == us
+    assert timestamp(event_id) < timestamp(_uuid7(us + 1))  # one microsecond is visible
 
 
 @given(st.binary(max_size=600))
