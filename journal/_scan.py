@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from journal._layout import StrPath
 
-QUARANTINE_KEEP = 65536  # bytes of a corrupt line kept in quarantine
+QUARANTINE_KEEP = MAX_LINE + 1  # bytes of an oversize line kept: the first read's
 
 
 class Line:
@@ -86,7 +86,7 @@ def scan_stream(stream: Any, *, finished: bool, needle: bytes | None = None) -> 
             record, reason = decode(line[:-1])
             yield Line(number, record, reason, line if reason else b"")
         elif len(line) > MAX_LINE:
-            kept = line[:QUARANTINE_KEEP]
+            kept = line  # readline() stopped at QUARANTINE_KEEP bytes
             while not line.endswith(b"\n"):
                 line = stream.readline(1 << 16)
                 if not line:
