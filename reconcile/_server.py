@@ -26,7 +26,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -54,12 +54,13 @@ class ServerStatus:
     data_dir: str
 
 
-def up(home: Path) -> str:
+def up(home: Path, settings: Sequence[str] = ()) -> str:
     """Initialise (once) and start the server if needed; return the database URL.
 
     Idempotent, safe to call from several processes at once (they serialise on
     ``pg/lock``), and a few milliseconds when the server already runs. Recovers from a
     killed server: its stale ``postmaster.pid`` is recognised and replaced.
+    ``settings`` (``name=value``) are passed to a server this call starts.
     """
     with _locked(home):
         if _running_pid(home) is None:
@@ -68,7 +69,7 @@ def up(home: Path) -> str:
             _await_exit(home)
             _clear_stale_pidfile(home)
             _check_port_free(home, _port(home))
-            _start(home, _port(home))
+            _start(home, _port(home), settings)
         port = _port(home)
         _ensure_database(port)
         return _url(port)
@@ -440,7 +441,7 @@ def _initdb(home: Path) -> None:
     os.replace(fresh, _data(home))
 
 
-def _start(home: Path, port: int) -> None:
+def _start(home: Path, port: int, settings: Sequence[str] = ()) -> None:
     options = [
         "-c listen_addresses=127.0.0.1",
         f"-p {port}",
@@ -451,6 +452,7 @@ def _start(home: Path, port: int) -> None:
         # Crash recovery first syncs the data directory; file by file (the default)
         # takes seconds even for a fresh cluster, one syncfs() takes milliseconds.
         options.append("-c recovery_init_sync_method=syncfs")
+    options += [f"-c {setting}" for setting in settings]  # later ones win
     _run(
         home,
         "pg_ctl",
