@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -323,3 +324,36 @@ def test_install_hooks_leaves_invalid_json_untouched(tmp_path, home):
     assert settings.read_text() == '{"hooks": {,,}'
     assert not (tmp_path / "settings.json.bak").exists()
     os.chmod(settings, 0o600)
+
+
+def test_hooks_start_a_background_compaction_past_the_threshold(tmp_path, database_url):
+    from reconcile_helpers import query
+
+    done = cli("db", "migrate", home=tmp_path / "m", url=database_url)
+    assert done.returncode == 0
+    seed(database_url, [], [(f"x-{i}", None, None, "running") for i in range(5)])
+    home = tmp_path / "home"
+    for i in range(5):  # each miss leaves one finished journal behind
+        started = time.monotonic()
+        done = cli(
+            "hook",
+            home=home,
+            url=database_url,
+            stdin=b'{"session_id": "s"}',
+            RECONCILE_EXECUTOR_ID=f"x-{i}",
+            RECONCILE_COMPACT_THRESHOLD="2",
+        )
+        assert (done.returncode, done.stdout) == (0, b"")
+        assert time.monotonic() - started < 30  # the hook did not wait for it
+    deadline = time.monotonic() + 30
+    while not (home / "snapshot").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (home / "snapshot").exists()  # a detached compactor ran
+    deadline = time.monotonic() + 30
+    while len(journal.load(home)) < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(journal.load(home)) == 5  # and lost nothing
+    assert query(database_url, "SELECT count(*) FROM executors WHERE claude_session_id = 's'")[
+        0
+    ] == (5,)
+    assert '"compaction.started"' in (home / "log" / "reconcile.log").read_text()
