@@ -10,9 +10,14 @@ from __future__ import annotations
 import os
 import sys
 
-from reconcile._fast import MAX_PAYLOAD, check_hit, default_home, observe, parse_payload
-
-DEFAULT_AGENT_MAX_AGE_S = 300.0
+from reconcile._fast import (
+    MAX_PAYLOAD,
+    agent_max_age,
+    check_hit,
+    default_home,
+    observe,
+    parse_payload,
+)
 
 
 def run(env: dict[str, str] | None = None) -> int:
@@ -41,7 +46,7 @@ def _handle(env: dict[str, str]) -> None:
             _log_skip(env, observation)
         return
     home = default_home(env)
-    if check_hit(home, observation, max_age_s=_max_age(env)):
+    if check_hit(home, observation, max_age_s=agent_max_age(env)):
         return
     from reconcile import Settings, configure_logging, settle
 
@@ -57,14 +62,6 @@ def _read_stdin() -> bytes | None:
         return b""
     raw = stream.read(MAX_PAYLOAD + 1)
     return None if len(raw) > MAX_PAYLOAD else raw
-
-
-def _max_age(env: dict[str, str]) -> float:
-    try:
-        value = float(env.get("RECONCILE_AGENT_MAX_AGE") or DEFAULT_AGENT_MAX_AGE_S)
-    except ValueError:
-        return DEFAULT_AGENT_MAX_AGE_S
-    return value if value > 0 else DEFAULT_AGENT_MAX_AGE_S
 
 
 def _logger(env: dict[str, str]) -> object:

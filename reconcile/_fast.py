@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 MAX_PAYLOAD = 1 << 20  # bytes of stdin the hook reads at most
 MAX_VALUE = 256  # characters of a session id or identity value
+AGENT_MAX_AGE_S = 300.0  # RECONCILE_AGENT_MAX_AGE's default
 
 RECONCILED = "session.reconciled"
 CONFIRMED = "session.confirmed"
@@ -48,6 +49,16 @@ def default_home(env: Mapping[str, str]) -> str:
         return home
     state = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return os.path.join(state, "reconcile")
+
+
+def agent_max_age(env: Mapping[str, str]) -> float:
+    """``RECONCILE_AGENT_MAX_AGE`` for the hit check, the default if unset or malformed
+    (the miss path's :class:`Settings` reports a malformed one)."""
+    try:
+        value = float(env.get("RECONCILE_AGENT_MAX_AGE") or AGENT_MAX_AGE_S)
+    except ValueError:
+        return AGENT_MAX_AGE_S
+    return value if value > 0 else AGENT_MAX_AGE_S
 
 
 def valid_value(value: object) -> bool:

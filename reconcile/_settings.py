@@ -10,7 +10,7 @@ from typing import Any
 import attrs
 
 from reconcile._errors import ConfigError
-from reconcile._fast import default_home
+from reconcile._fast import AGENT_MAX_AGE_S, default_home
 
 
 def _bool(text: str) -> bool:
@@ -53,7 +53,7 @@ class Settings:
         default=1000, validator=_positive, **_env("RECONCILE_MAX_ENTRIES", int)
     )
     agent_max_age_s: float = attrs.field(
-        default=300.0, validator=_positive, **_env("RECONCILE_AGENT_MAX_AGE", float)
+        default=AGENT_MAX_AGE_S, validator=_positive, **_env("RECONCILE_AGENT_MAX_AGE", float)
     )
     compact_threshold: int = attrs.field(
         default=64, validator=_positive, **_env("RECONCILE_COMPACT_THRESHOLD", int)
