@@ -29,7 +29,7 @@ def hook(args: Any) -> int:
 
 
 def compact(args: Any, settings: Settings) -> int:
-    with progress_bar("compact") as advance:
+    with progress_bar("compact", unit="journal") as advance:
         report = journal.compact(
             settings.home,
             max_entries=args.max_entries or settings.max_entries,

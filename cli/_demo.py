@@ -27,7 +27,7 @@ import attrs
 
 import journal
 import reconcile
-from cli._output import emit_json, emit_pairs, progress
+from cli._output import emit_json, emit_pairs, progress_bar
 from reconcile._fast import DIVERGENCE_PRESERVED, PENDING, RECONCILED
 from reconcile._settings import Settings
 
@@ -201,12 +201,11 @@ def _run_forks(rounds: list[list[Fork]], concurrency: int) -> list[float]:
 
     latencies: list[float] = []
     total = sum(len(r) for r in rounds)
-    with ThreadPoolExecutor(concurrency) as pool:
-        bar = progress(iter(range(total)), total=total, desc="forks")
+    with ThreadPoolExecutor(concurrency) as pool, progress_bar("forks", "fork") as advance:
         for forks in rounds:
             for elapsed in pool.map(one, forks):
                 latencies.append(elapsed)
-                next(bar, None)
+                advance(len(latencies), total)
     return latencies
 
 

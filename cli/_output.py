@@ -81,14 +81,14 @@ def age(seconds: float) -> str:
 
 
 @contextlib.contextmanager
-def progress_bar(desc: str) -> Iterator[Callable[[int, int], None]]:
+def progress_bar(desc: str, unit: str = "") -> Iterator[Callable[[int, int], None]]:
     """A ``(done, total)`` callback drawing a bar on a terminal; a no-op when piped."""
     if not sys.stderr.isatty():
         yield lambda done, total: None
         return
     from tqdm import tqdm
 
-    bar = tqdm(desc=desc, unit="journal", leave=False, file=sys.stderr)
+    bar = tqdm(desc=desc, unit=unit, leave=False, file=sys.stderr)
 
     def advance(done: int, total: int) -> None:
         bar.total = total

@@ -36,10 +36,6 @@ class Record:
         return attrs.asdict(self)
 
 
-def _zero_skips() -> dict[str, int]:
-    return dict.fromkeys(REASONS, 0)
-
-
 @attrs.frozen
 class Skips:
     """How many lines or files were skipped, by reason."""
