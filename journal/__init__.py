@@ -16,6 +16,8 @@ import importlib
 TYPE_CHECKING = False  # not from typing: importing it costs the hit path milliseconds
 
 __all__ = [
+    "FILE_MODE",
+    "LOG_DIR",
     "CompactionReport",
     "InvalidRecordError",
     "Inventory",
@@ -28,13 +30,18 @@ __all__ = [
     "UnsafePathError",
     "Writer",
     "compact",
+    "dump_json",
+    "ensure_dir",
+    "ensure_home",
+    "event_time_us",
+    "fold",
     "history",
     "inventory",
     "latest",
     "load",
-    "event_time_us",
     "new_event_id",
     "parse_json",
+    "write_atomically",
 ]
 
 _WHERE = {
@@ -51,6 +58,13 @@ _WHERE = {
     "Writer": "_writer",
     "event_time_us": "_codec",
     "parse_json": "_json",
+    "dump_json": "_json",
+    "FILE_MODE": "_layout",
+    "LOG_DIR": "_layout",
+    "ensure_dir": "_layout",
+    "ensure_home": "_layout",
+    "write_atomically": "_layout",
+    "fold": "_fold",
     "new_event_id": "_writer",
     "Retention": "_compact",
     "compact": "_compact",
@@ -82,9 +96,11 @@ if TYPE_CHECKING:
         RecordTooLargeError,
         UnsafePathError,
     )
+    from journal._fold import fold
     from journal._hit import latest
     from journal._inventory import Inventory, inventory
-    from journal._json import parse_json
+    from journal._json import dump_json, parse_json
+    from journal._layout import FILE_MODE, LOG_DIR, ensure_dir, ensure_home, write_atomically
     from journal._model import CompactionReport, Record, Skips, State
     from journal._read import history, load
     from journal._writer import Writer, new_event_id

@@ -9,8 +9,8 @@ verifies a line by slicing, without re-serialising anything. ``data`` is a JSON 
 ``null`` for a tombstone. The whole line, newline included, is at most ``MAX_LINE`` bytes.
 
 This module is on the hook's hit path: decoding imports only ``os``, ``time``, ``zlib``
-and the C JSON scanner (:mod:`journal._json`), and works on plain dicts (raw records);
-:class:`journal.Record` wraps them later. Encoding imports :mod:`json` when first used.
+and the C JSON scanner and encoder (:mod:`journal._json`), and works on plain dicts (raw
+records); :class:`journal.Record` wraps them later.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import time
 import zlib
 
 from journal._errors import InvalidRecordError, RecordTooLargeError
-from journal._json import parse_json
+from journal._json import dump_json, parse_json
 
 TYPE_CHECKING = False  # typing costs milliseconds on the hit path; checkers see True
 if TYPE_CHECKING:
@@ -72,11 +72,9 @@ def encode(*, event_id: str, pid: int, type: str, key: str, data: Any) -> bytes:
         "key": key,
         "data": data,
     }
-    import json
-
     try:
-        text = json.dumps(body, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        text = dump_json(body)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidRecordError(f"record data is not JSON-serialisable: {exc}") from None
     raw = text.encode("ascii")
     line = b"%s%08x%s%s}\n" % (_PREFIX, zlib.crc32(raw), _MIDDLE, raw)

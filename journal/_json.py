@@ -26,11 +26,31 @@ class _Context:
 
 
 try:
+    from _json import encode_basestring_ascii as _ascii
+    from _json import make_encoder as _make_encoder
     from _json import make_scanner as _make_scanner
 except ImportError:  # pragma: no cover - CPython always has it
-    _scan = None
+    _scan = _encode = None
 else:
-    _scan = _make_scanner(_Context())
+    _scan = _make_scanner(_Context())  # type: ignore[arg-type]  # duck-typed JSONDecoder
+
+
+def _unserialisable(value: object) -> object:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def dump_json(value: object) -> str:
+    """``json.dumps(value, separators=(",", ":"), allow_nan=False)``, byte for byte, by the
+    same C encoder, without importing :mod:`json` (ASCII output; raises TypeError or
+    ValueError for what ``json.dumps`` rejects)."""
+    if _scan is None:  # pragma: no cover
+        import json
+
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    # Arguments as json.JSONEncoder passes them: markers (circular check), default,
+    # string encoder, indent, key and item separators, sort_keys, skipkeys, allow_nan.
+    encoder = _make_encoder({}, _unserialisable, _ascii, None, ":", ",", False, False, False)
+    return "".join(encoder(value, 0))
 
 
 def parse_json(data: bytes | str) -> object:

@@ -14,8 +14,10 @@ from journal._errors import UnsafePathError
 TYPE_CHECKING = False  # typing costs milliseconds on the hit path; checkers see True
 if TYPE_CHECKING:
     from pathlib import Path
+    from typing import TypeVar
 
     StrPath = str | os.PathLike[str]
+    StrPathT = TypeVar("StrPathT", str, Path)
 
 JOURNAL_DIR = "journal"
 ARCHIVE_DIR = "archive"
@@ -31,7 +33,7 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 
 
-def ensure_dir(path: Path) -> Path:
+def ensure_dir(path: StrPathT) -> StrPathT:
     """Create ``path`` 0700 (missing parents too); refuse a symlink or a non-directory."""
     try:
         os.mkdir(path, DIR_MODE)  # the umask may narrow the mode, never widen it
@@ -64,7 +66,7 @@ def ensure_home(home: Path) -> Path:
     return home
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: StrPath) -> None:
     """Make renames and creations in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:

@@ -1,11 +1,13 @@
-"""This process's journal: append-only, one write() per record, never shared."""
+"""This process's journal: append-only, one write() per record, never shared.
+
+The hook's miss path appends through this module, so it imports only what that needs
+(no :mod:`pathlib`, :mod:`typing` or :mod:`json`: see docs/performance.md).
+"""
 
 from __future__ import annotations
 
 import fcntl
 import os
-from pathlib import Path
-from typing import Any
 
 from journal._codec import Clock, encode, is_event_id
 from journal._errors import InvalidRecordError, JournalError
@@ -17,6 +19,13 @@ from journal._layout import (
     ensure_dir,
     fsync_dir,
 )
+
+TYPE_CHECKING = False  # typing costs milliseconds on the hook's path; checkers see True
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
+
+    from journal._layout import StrPath
 
 TOMBSTONE_TYPE = "forgotten"
 
@@ -35,18 +44,22 @@ class Writer:
     the cost). Without it an append survives a process crash but not a power loss.
     """
 
-    def __init__(self, home: Path | str, *, fsync: bool = True) -> None:
-        self.home = Path(home)
+    def __init__(self, home: StrPath, *, fsync: bool = True) -> None:
+        self.home = os.fspath(home)
         self.fsync = fsync
         self._fd: int | None = None
         self._pid = os.getpid()
-        self._path: Path | None = None
+        self._path: str | None = None
         self._clock = Clock()
 
     @property
     def path(self) -> Path | None:
         """The journal file, or None while nothing was appended by this process."""
-        return self._path if self._pid == os.getpid() else None
+        if self._path is None or self._pid != os.getpid():
+            return None
+        from pathlib import Path
+
+        return Path(self._path)
 
     def append(
         self, key: str, data: dict[str, Any], type: str, *, event_id: str | None = None
@@ -113,10 +126,12 @@ class Writer:
             self._fd, self._path = self._create(pid)
         return self._fd
 
-    def _create(self, pid: int) -> tuple[int, Path]:
-        directory = ensure_dir(ensure_dir(self.home) / JOURNAL_DIR)  # neither a symlink
+    def _create(self, pid: int) -> tuple[int, str]:
+        ensure_dir(self.home)  # neither it nor journal/ may be a symlink
+        directory = ensure_dir(os.path.join(self.home, JOURNAL_DIR))
         name = f"{pid}-{os.urandom(8).hex()}{JOURNAL_SUFFIX}"
-        pending = directory / (name + PENDING_SUFFIX)
+        path = os.path.join(directory, name)
+        pending = path + PENDING_SUFFIX
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(pending, flags, FILE_MODE)
@@ -124,18 +139,21 @@ class Writer:
             raise JournalError(f"cannot create a journal in {directory}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.rename(pending, directory / name)
+            os.rename(pending, path)
             if self.fsync:
                 fsync_dir(directory)
         except OSError as exc:
             os.close(fd)
-            raise JournalError(f"cannot open journal {directory / name}: {exc.strerror}") from None
-        return fd, directory / name
+            raise JournalError(f"cannot open journal {path}: {exc.strerror}") from None
+        return fd, path
 
 
 _ids = Clock()
 
 
-def new_event_id() -> str:
-    """A fresh event id (UUIDv7), time-ordered with every other id of this process."""
+def new_event_id(after: str | None = None) -> str:
+    """A fresh event id (UUIDv7), time-ordered with every other id of this process and,
+    if given, after the event id ``after`` (of an event this one answers, say)."""
+    if after is not None:
+        _ids.advance(after)
     return _ids.next()
