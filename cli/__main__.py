@@ -13,10 +13,10 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code (see docs/operations.md)."""
     args = sys.argv[1:] if argv is None else argv
-    if args == ["hook"]:
+    if args[:1] == ["hook"]:  # flags after it (--sync) are the hook's own
         from cli._hook import run
 
-        return run()
+        return run(argv=args[1:])
     from cli._app import run as run_app
 
     return run_app(args)

@@ -12,7 +12,7 @@ import attrs
 import journal
 import reconcile
 from cli._output import age, emit_json, emit_pairs, emit_table, progress, progress_bar
-from reconcile._fast import PENDING, SETTLED_SESSION
+from reconcile._fast import SETTLED_SESSION
 from reconcile._settings import Settings, redact_url
 
 
@@ -54,7 +54,7 @@ def compact(args: Any, settings: Settings) -> int:
 def status(args: Any, settings: Settings) -> int:
     state = journal.load(settings.home)
     files = journal.inventory(settings.home)
-    pending = sum(1 for record in state.values() if record.type == PENDING)
+    pending = sum(1 for record in state.values() if record.type in reconcile.UNSETTLED)
     database = _database_status(settings)
     data: dict[str, Any] = {
         "home": str(settings.home),
@@ -104,12 +104,12 @@ def _database_status(settings: Settings) -> dict[str, Any]:
 
     try:
         url = resolve_url(settings)
-    except reconcile.DatabaseUnavailable as exc:
+    except reconcile.DatabaseUnavailableError as exc:
         return {"url": None, "reachable": False, "error": str(exc)}
     try:
         with connect(settings, application="reconcile-status") as conn:
             version = ping(conn)
-    except reconcile.DatabaseUnavailable as exc:
+    except reconcile.DatabaseUnavailableError as exc:
         return {"url": redact_url(url), "reachable": False, "error": str(exc)}
     return {"url": redact_url(url), "reachable": True, "server_version": version}
 
@@ -238,7 +238,7 @@ def db(args: Any, settings: Settings) -> int:
         # The embedded URL carries no password; a configured one is shown redacted.
         url = redact_url(settings.database_url) or _server.url(settings.home)
         if url is None:
-            raise reconcile.DatabaseUnavailable(
+            raise reconcile.DatabaseUnavailableError(
                 "the embedded server is not running: reconcile db up"
             )
         if args.json:

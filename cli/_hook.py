@@ -1,8 +1,12 @@
 """``reconcile hook``: the Claude Code command hook. Exits 0, prints nothing, never raises.
 
-The hit path here imports only the standard library, :mod:`journal._hit` and
-:mod:`reconcile._fast`: no attrs, structlog, psycopg or argparse (see
-docs/performance.md for the ``-X importtime`` evidence). The miss path imports the rest.
+Claude Code blocks on this process, so it never waits on the database: it answers from
+the journal, or journals what it saw for the reconciler (:func:`reconcile.handle`,
+docs/architecture.md). The hit path imports the standard library and two small modules
+of ours, nothing else (tests/test_hook_imports.py holds it to that).
+
+``--sync`` (or ``RECONCILE_SYNC=1``): settle before exiting, within the configured
+database timeouts, for those who need the row updated before the tool runs.
 """
 
 from __future__ import annotations
@@ -10,49 +14,36 @@ from __future__ import annotations
 import os
 import sys
 
-from reconcile._fast import (
-    MAX_PAYLOAD,
-    agent_max_age,
-    check_hit,
-    default_home,
-    observe,
-    parse_payload,
-)
+from reconcile import HIT, MAX_PAYLOAD, handle
+
+_TRUE = ("1", "true", "yes", "on")
+_QUIET = (HIT, "missing_identity")  # outcomes not worth a log line: the usual ones,
+_QUIET_ENDINGS = (":started", ":running", ":backoff", ":settled", ":busy")  # or routine
 
 
-def run(env: dict[str, str] | None = None) -> int:
+def run(env: dict[str, str] | None = None, argv: list[str] | None = None) -> int:
     """Handle one hook invocation; always returns 0."""
     env = dict(os.environ) if env is None else env
+    argv = sys.argv[2:] if argv is None else argv
     real_stdout = sys.stdout
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - nothing may reach Claude Code's stdout
     try:
-        _handle(env)
+        sync = "--sync" in argv or (env.get("RECONCILE_SYNC") or "").strip().lower() in _TRUE
+        outcome = handle(env, _read_stdin(), sync=sync)
+        # Silent for a hit and when no identity is set at all (a session the orchestrator
+        # did not spawn, on every event, should cost nothing); the rest is logged.
+        if outcome in _QUIET or outcome.endswith(_QUIET_ENDINGS):
+            pass
+        elif ":" not in outcome:  # input it could not use
+            _log(env, "info", "hook.skipped", reason=outcome)
+        else:  # observed, but no reconciler could be started: the next hook tries again
+            _log(env, "warning", "hook.unsettled", outcome=outcome)
     except BaseException as exc:  # the hook never fails Claude Code, whatever happens
-        _log_failure(env, exc)
+        _log(env, "error", "hook.failed", error=f"{type(exc).__name__}: {exc}"[:500])
     finally:
         sys.stdout.close()
         sys.stdout = real_stdout
     return 0
-
-
-def _handle(env: dict[str, str]) -> None:
-    raw = _read_stdin()
-    payload = parse_payload(raw) if raw is not None else "payload_too_large"
-    observation = payload if isinstance(payload, str) else observe(env, payload)
-    if isinstance(observation, str):
-        # Silent when no identity is set at all: a session the orchestrator did not
-        # spawn, on every tool use, should cost nothing. Anything malformed is logged.
-        if observation != "missing_identity":
-            _log_skip(env, observation)
-        return
-    home = default_home(env)
-    if check_hit(home, observation, max_age_s=agent_max_age(env)):
-        return
-    from reconcile import Settings, configure_logging, settle
-
-    settings = Settings.from_env(env)
-    configure_logging(settings)
-    settle(settings, observation)
 
 
 def _read_stdin() -> bytes | None:
@@ -64,25 +55,15 @@ def _read_stdin() -> bytes | None:
     return None if len(raw) > MAX_PAYLOAD else raw
 
 
-def _logger(env: dict[str, str]) -> object:
-    from reconcile import Settings, configure_logging
-    from reconcile._log import get_logger
-
-    try:
-        settings = Settings.from_env(env)
-    except Exception:  # a malformed variable: log under the home alone
-        settings = Settings(home=default_home(env))
-    configure_logging(settings)
-    return get_logger()
-
-
-def _log_skip(env: dict[str, str], reason: str) -> None:
-    _logger(env).info("hook.skipped", reason=reason)  # type: ignore[attr-defined]
-
-
-def _log_failure(env: dict[str, str], exc: BaseException) -> None:
+def _log(env: dict[str, str], level: str, event: str, **fields: object) -> None:
     import contextlib
 
     with contextlib.suppress(BaseException):  # nowhere left to report to; still exit 0
-        error = f"{type(exc).__name__}: {exc}"[:500]
-        _logger(env).error("hook.failed", error=error)  # type: ignore[attr-defined]
+        from reconcile import ConfigError, Settings, configure_logging, default_home, get_logger
+
+        try:
+            settings = Settings.from_env(env)
+        except ConfigError:  # a malformed variable: log under the home alone
+            settings = Settings(home=default_home(env))
+        configure_logging(settings)
+        getattr(get_logger(), level)(event, **fields)

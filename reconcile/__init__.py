@@ -1,12 +1,14 @@
 """reconcile: keep ``executors.claude_session_id`` in step with live Claude Code sessions.
 
 The domain over :mod:`journal`: who the agent is and which cache key it has
-(:func:`observe`), whether the cache already answers (:func:`check_hit`), and otherwise
-one database transaction (:func:`settle`). Replay and verification work on the journal's
-history. See DESIGN §5-§9 and docs/.
+(:func:`observe`), what the hook does with it (:func:`handle`: a hit, or an observation
+journaled for the reconciler), the reconciler that settles observations with the
+database (:func:`settle_pending`), the database itself (:func:`connect`, :func:`decide`,
+:func:`migrate`), the embedded server (``server_*``), and replay and verification over
+the journal's history. docs/architecture.md draws the whole.
 
 Exports load lazily: the hook's hit path imports ``reconcile._fast`` alone, and pays for
-attrs, structlog and psycopg only on a miss.
+attrs, structlog and psycopg only where it needs them.
 """
 
 from __future__ import annotations
@@ -16,56 +18,140 @@ import importlib
 TYPE_CHECKING = False
 
 __all__ = [
+    "CONFIRMED",
+    "DIVERGENCE_PRESERVED",
+    "HIT",
+    "MAX_PAYLOAD",
+    "MISS",
+    "OBSERVED",
+    "PENDING",
+    "RECONCILED",
+    "REJECTED",
+    "SETTLED_SESSION",
+    "UNRESOLVED",
+    "UNSETTLED",
+    "WAITING",
     "ConfigError",
-    "DatabaseUnavailable",
+    "DatabaseUnavailableError",
+    "Decision",
     "Difference",
     "Observation",
     "Outcome",
     "ReconcileError",
+    "ReconcileReport",
+    "RejectedError",
     "ReplayReport",
     "ServerError",
+    "ServerStatus",
     "Settings",
     "VerifyReport",
     "check_hit",
     "configure_logging",
+    "connect",
+    "database_activity",
+    "decide",
+    "default_home",
     "events",
+    "executor_sessions",
+    "get_logger",
+    "handle",
+    "migrate",
     "observe",
+    "outbox_status",
     "parse_payload",
+    "ping",
     "reconcile_session",
+    "redact_url",
     "replay_to_db",
+    "resolve_url",
+    "run_reconciler",
+    "server_binaries",
+    "server_down",
+    "server_status",
+    "server_up",
+    "server_url",
     "settle",
+    "settle_pending",
+    "settled_session",
+    "unsettled",
+    "verdict",
     "verify",
 ]
 
+# Public name -> (private module, its name there).
 _WHERE = {
-    "ConfigError": "_errors",
-    "DatabaseUnavailable": "_errors",
-    "ReconcileError": "_errors",
-    "ServerError": "_errors",
-    "Observation": "_fast",
-    "check_hit": "_fast",
-    "observe": "_fast",
-    "parse_payload": "_fast",
-    "Settings": "_settings",
-    "Outcome": "_engine",
-    "reconcile_session": "_engine",
-    "settle": "_engine",
-    "Difference": "_replay",
-    "ReplayReport": "_replay",
-    "VerifyReport": "_replay",
-    "events": "_replay",
-    "replay_to_db": "_replay",
-    "verify": "_replay",
+    "ConfigError": ("_errors", "ConfigError"),
+    "DatabaseUnavailableError": ("_errors", "DatabaseUnavailableError"),
+    "ReconcileError": ("_errors", "ReconcileError"),
+    "RejectedError": ("_errors", "RejectedError"),
+    "ServerError": ("_errors", "ServerError"),
+    **{
+        name: ("_fast", name)
+        for name in (
+            "CONFIRMED",
+            "DIVERGENCE_PRESERVED",
+            "HIT",
+            "MAX_PAYLOAD",
+            "MISS",
+            "OBSERVED",
+            "PENDING",
+            "RECONCILED",
+            "REJECTED",
+            "SETTLED_SESSION",
+            "UNRESOLVED",
+            "UNSETTLED",
+            "WAITING",
+            "Observation",
+            "check_hit",
+            "default_home",
+            "handle",
+            "observe",
+            "parse_payload",
+            "settled_session",
+            "verdict",
+        )
+    },
+    "Settings": ("_settings", "Settings"),
+    "redact_url": ("_settings", "redact_url"),
+    "configure_logging": ("_log", "configure"),
+    "get_logger": ("_log", "get_logger"),
+    "Outcome": ("_engine", "Outcome"),
+    "reconcile_session": ("_engine", "reconcile_session"),
+    "settle": ("_engine", "settle"),
+    "ReconcileReport": ("_reconciler", "ReconcileReport"),
+    "outbox_status": ("_reconciler", "outbox_status"),
+    "run_reconciler": ("_reconciler", "run_reconciler"),
+    "settle_pending": ("_reconciler", "settle_pending"),
+    "unsettled": ("_reconciler", "unsettled"),
+    "Decision": ("_store", "Decision"),
+    "connect": ("_store", "connect"),
+    "database_activity": ("_store", "database_activity"),
+    "decide": ("_store", "decide"),
+    "executor_sessions": ("_store", "executor_sessions"),
+    "migrate": ("_store", "migrate"),
+    "ping": ("_store", "ping"),
+    "resolve_url": ("_store", "resolve_url"),
+    "ServerStatus": ("_server", "ServerStatus"),
+    "server_binaries": ("_server", "binaries"),
+    "server_down": ("_server", "down"),
+    "server_status": ("_server", "status"),
+    "server_up": ("_server", "up"),
+    "server_url": ("_server", "url"),
+    "Difference": ("_replay", "Difference"),
+    "ReplayReport": ("_replay", "ReplayReport"),
+    "VerifyReport": ("_replay", "VerifyReport"),
+    "events": ("_replay", "events"),
+    "replay_to_db": ("_replay", "replay_to_db"),
+    "verify": ("_replay", "verify"),
 }
 
 
 def __getattr__(name: str) -> object:
-    if name == "configure_logging":
-        return importlib.import_module("reconcile._log").configure
-    module = _WHERE.get(name)
-    if module is None:
+    where = _WHERE.get(name)
+    if where is None:
         raise AttributeError(f"module 'reconcile' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"reconcile.{module}"), name)
+    module, attribute = where
+    value = getattr(importlib.import_module(f"reconcile.{module}"), attribute)
     globals()[name] = value
     return value
 
@@ -76,9 +162,45 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from reconcile._engine import Outcome, reconcile_session, settle
-    from reconcile._errors import ConfigError, DatabaseUnavailable, ReconcileError, ServerError
-    from reconcile._fast import Observation, check_hit, observe, parse_payload
+    from reconcile._errors import (
+        ConfigError,
+        DatabaseUnavailableError,
+        ReconcileError,
+        RejectedError,
+        ServerError,
+    )
+    from reconcile._fast import (
+        CONFIRMED,
+        DIVERGENCE_PRESERVED,
+        HIT,
+        MAX_PAYLOAD,
+        MISS,
+        OBSERVED,
+        PENDING,
+        RECONCILED,
+        REJECTED,
+        SETTLED_SESSION,
+        UNRESOLVED,
+        UNSETTLED,
+        WAITING,
+        Observation,
+        check_hit,
+        default_home,
+        handle,
+        observe,
+        parse_payload,
+        settled_session,
+        verdict,
+    )
     from reconcile._log import configure as configure_logging
+    from reconcile._log import get_logger
+    from reconcile._reconciler import (
+        ReconcileReport,
+        outbox_status,
+        run_reconciler,
+        settle_pending,
+        unsettled,
+    )
     from reconcile._replay import (
         Difference,
         ReplayReport,
@@ -87,4 +209,20 @@ if TYPE_CHECKING:
         replay_to_db,
         verify,
     )
-    from reconcile._settings import Settings
+    from reconcile._server import ServerStatus
+    from reconcile._server import binaries as server_binaries
+    from reconcile._server import down as server_down
+    from reconcile._server import status as server_status
+    from reconcile._server import up as server_up
+    from reconcile._server import url as server_url
+    from reconcile._settings import Settings, redact_url
+    from reconcile._store import (
+        Decision,
+        connect,
+        database_activity,
+        decide,
+        executor_sessions,
+        migrate,
+        ping,
+        resolve_url,
+    )

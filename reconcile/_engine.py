@@ -1,38 +1,57 @@
-"""The miss path (DESIGN §6): one database transaction, then one journal append.
+"""Settling in the foreground: what the hook and its reconciler do, in one call.
 
-The hit path lives in :mod:`reconcile._fast`; :func:`reconcile_session` runs both for a
-caller that has the environment and the payload in hand.
+The hook (:func:`reconcile._fast.handle`) and the detached reconciler
+(:mod:`reconcile._reconciler`) split the work across processes so that no tool use waits
+on the database. :func:`reconcile_session` runs both halves in the caller's process,
+for library users and the synchronous mode; the decision itself is one statement
+(:func:`reconcile._store.decide`), journaled under the audit row's event id.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
 import journal
-from reconcile._errors import DatabaseUnavailable
 from reconcile._fast import (
     CONFIRMED,
     DIVERGENCE_PRESERVED,
-    PENDING,
+    HIT,
+    MISS,
     RECONCILED,
+    REJECTED,
+    UNRESOLVED,
+    UNSETTLED,
     Observation,
-    check_hit,
     observe,
+    verdict,
 )
 from reconcile._log import get_logger
 from reconcile._settings import Settings
-from reconcile._store import RECOVERY_ANCHOR, Decision, connect, decide
+from reconcile._store import RECOVERY_ANCHOR, Decision
 
-HIT = "hit"
 NO_EXECUTOR = "no_executor"
 SKIPPED = "skipped"
-OUTCOMES = (HIT, "confirmed", "reconciled", "divergence_preserved", NO_EXECUTOR, "pending", SKIPPED)
+PENDING = "pending"  # observed, not settled: the database could not be used
+OUTCOMES = (
+    HIT,
+    "confirmed",
+    "reconciled",
+    "divergence_preserved",
+    "unresolved",
+    "rejected",
+    PENDING,
+    SKIPPED,
+)
+_KIND = {
+    RECONCILED: "reconciled",
+    CONFIRMED: "confirmed",
+    DIVERGENCE_PRESERVED: "divergence_preserved",
+    UNRESOLVED: "unresolved",
+    REJECTED: "rejected",
+}
 
 
 @attrs.frozen
@@ -47,63 +66,46 @@ class Outcome:
 
 
 def reconcile_session(
-    settings: Settings,
-    env: Mapping[str, str],
-    payload: Mapping[str, Any],
-    *,
-    writer: journal.Writer | None = None,
+    settings: Settings, env: Mapping[str, str], payload: Mapping[str, Any]
 ) -> Outcome:
-    """Observe, answer from the cache if possible, else settle with the database."""
+    """Observe, answer from the cache if possible, else settle now, in this process."""
     observation = observe(env, payload)
     if isinstance(observation, str):
         get_logger().info("hook.skipped", reason=observation)
         return Outcome(SKIPPED, reason=observation)
-    if check_hit(str(settings.home), observation, max_age_s=settings.agent_max_age_s):
+    found = verdict(
+        str(settings.home),
+        observation,
+        max_age_s=settings.agent_max_age_s,
+        negative_ttl_s=settings.negative_ttl_s,
+    )
+    if found == HIT:
         return Outcome(HIT, key=observation.key)
-    return settle(settings, observation, writer=writer)
+    return settle(settings, observation, observed=found != MISS)
 
 
-def settle(
-    settings: Settings, observation: Observation, *, writer: journal.Writer | None = None
-) -> Outcome:
-    """A cache miss: decide in the database, then journal the event (DESIGN §6).
+def settle(settings: Settings, observation: Observation, *, observed: bool = False) -> Outcome:
+    """Journal ``observation`` (unless ``observed`` already) and settle it now: run the
+    reconciler in this process, waiting for a running one within the statement timeout.
 
-    The database unreachable, slow or unusable: journal ``session.pending`` for
-    ``reconcile replay --to-db`` instead. Never raises for anything the database does.
+    The database unusable: the observation stays journaled (kind ``pending``), for the
+    next reconciler. Never raises for anything the database does.
     """
-    log = get_logger().bind(key=observation.key)
-    own_writer = writer is None
-    writer = writer or journal.Writer(settings.home, fsync=settings.fsync)
-    event_id = journal.new_event_id()
-    try:
-        try:
-            with connect(settings, application="reconcile-hook") as conn:
-                decision = decide(
-                    conn,
-                    session_id=observation.session_id,
-                    event_id=event_id,
-                    deadline_s=settings.statement_timeout_s,
-                    **observation.identity(),
-                )
-        except DatabaseUnavailable as exc:
-            data = {"identity": observation.identity(), "session_id": observation.session_id}
-            writer.append(observation.key, data, PENDING, event_id=event_id)
-            log.warning("session.pending", event_id=event_id, error=str(exc))
-            return Outcome("pending", observation.key, event_id, reason=str(exc))
-        if decision.outcome == NO_EXECUTOR:
-            log.info("session.no_executor")
-            return Outcome(NO_EXECUTOR, observation.key)
-        event_type, data = event_for(decision, observation.session_id)
-        try:
-            writer.append(observation.key, data, event_type, event_id=event_id)
-        except journal.JournalError as exc:  # committed already: the DB stays right
-            log.error("journal.append_failed", event_id=event_id, error=str(exc))
-        log.info(event_type, event_id=event_id, executor_id=decision.executor_id)
-        return Outcome(decision.outcome, observation.key, event_id, decision.executor_id)
-    finally:
-        if own_writer:
-            writer.close()
-        maybe_compact(settings)
+    from reconcile._outbox import append_observation
+    from reconcile._reconciler import settle_pending
+
+    home = str(settings.home)
+    if not observed:
+        current = journal.latest(home, observation.key)
+        after = current["id"] if current is not None else None
+        append_observation(home, observation, fsync=settings.fsync, after=after)
+    report = settle_pending(settings, wait_s=settings.statement_timeout_s, ignore_backoff=True)
+    record = journal.latest(home, observation.key)
+    kind = _KIND.get(record["type"], PENDING) if record is not None else PENDING
+    if record is None or record["type"] in UNSETTLED:
+        return Outcome(PENDING, observation.key, reason=report.error)
+    data = record["data"] or {}
+    return Outcome(kind, observation.key, record["id"], data.get("executor_id"))
 
 
 def event_for(decision: Decision, session_id: str) -> tuple[str, dict[str, Any]]:
@@ -143,55 +145,3 @@ def audit_details(event_type: str, data: Mapping[str, Any]) -> dict[str, Any]:
         "team": data.get("team"),
         "reason": RECOVERY_ANCHOR,
     }
-
-
-def maybe_compact(settings: Settings) -> bool:
-    """Past ``compact_threshold`` journals, start a compaction in a detached process and
-    do not wait for it (DESIGN §6). Returns whether one was started."""
-    try:
-        count = sum(1 for n in os.listdir(settings.home / "journal") if n.endswith(".jnl"))
-    except OSError:
-        return False
-    if count <= settings.compact_threshold or compaction_running(settings):
-        return False
-    code = "import journal, sys; journal.compact(sys.argv[1], max_entries=int(sys.argv[2]))"
-    try:
-        subprocess.Popen(
-            [sys.executable, "-c", code, str(settings.home), str(settings.max_entries)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            close_fds=True,
-            cwd="/",
-            env={**os.environ, "PYTHONPATH": _package_root()},
-        )
-    except OSError as exc:
-        get_logger().warning("compaction.spawn_failed", error=str(exc))
-        return False
-    get_logger().info("compaction.started", journals=count)
-    return True
-
-
-def compaction_running(settings: Settings) -> bool:
-    """Whether a compactor holds ``compact.lock`` (a shared probe, released at once)."""
-    import fcntl
-
-    try:
-        fd = os.open(settings.home / "compact.lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return False  # never compacted, or unreadable: let the compactor find out
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
-def _package_root() -> str:
-    """Where :mod:`journal` is importable from, for the detached compactor."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(journal.__file__)))
-    existing = os.environ.get("PYTHONPATH")
-    return root if not existing else root + os.pathsep + existing

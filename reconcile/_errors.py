@@ -11,9 +11,13 @@ class ServerError(ReconcileError):
     """The embedded PostgreSQL server could not be set up, started or stopped."""
 
 
-class DatabaseUnavailable(ReconcileError):
+class DatabaseUnavailableError(ReconcileError, ConnectionError):
     """The database could not be reached or used (down, slow, auth, missing tables)."""
 
 
-class ConfigError(ReconcileError):
+class RejectedError(ReconcileError, ValueError):
+    """The database refused an observation's values (say, a NUL in a text value)."""
+
+
+class ConfigError(ReconcileError, ValueError):
     """A setting from the environment or the command line is invalid."""

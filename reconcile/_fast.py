@@ -1,9 +1,9 @@
 """The hook's hit path: identity, cache key and the cache check, on the standard library.
 
-Everything here runs on every tool use, in a fresh process, so it imports nothing but
-``os``/``json`` and :mod:`journal`'s hit-path reader, and it works on raw records
-(plain dicts) on purpose: building attrs classes would cost more than the whole check.
-The miss path (:mod:`reconcile._engine`) builds its value objects from what this returns.
+Everything here runs in every hook, in a fresh process, so it imports nothing but ``os``
+and :mod:`journal`'s hit-path reader, and it works on raw records (plain dicts) on
+purpose: building attrs classes would cost more than the whole check. What the hook does
+with the verdict is in :mod:`reconcile._outbox`; docs/architecture.md has the picture.
 """
 
 from __future__ import annotations
@@ -20,11 +20,15 @@ if TYPE_CHECKING:
 MAX_PAYLOAD = 1 << 20  # bytes of stdin the hook reads at most
 MAX_VALUE = 256  # characters of a session id or identity value
 AGENT_MAX_AGE_S = 300.0  # RECONCILE_AGENT_MAX_AGE's default
+NEGATIVE_TTL_S = 60.0  # RECONCILE_NEGATIVE_TTL's default
 
 RECONCILED = "session.reconciled"
 CONFIRMED = "session.confirmed"
 DIVERGENCE_PRESERVED = "session.divergence_preserved"
-PENDING = "session.pending"
+UNRESOLVED = "session.unresolved"  # the database has no executor for this identity
+REJECTED = "session.rejected"  # the database refused the observation's values
+OBSERVED = "session.observed"  # a hook saw this session id; the reconciler settles it
+PENDING = "session.pending"  # written by 0.1 hooks while the database was down
 FORGOTTEN = "cache.forgotten"
 
 # The data field that holds the session id an event settled, per cache-settling type.
@@ -32,7 +36,15 @@ SETTLED_SESSION = {
     RECONCILED: "new_session_id",
     CONFIRMED: "session_id",
     DIVERGENCE_PRESERVED: "live_session_id",
+    REJECTED: "session_id",
 }
+# Observations still to settle: their latest record for a key is one of these.
+UNSETTLED = (OBSERVED, PENDING)
+
+# The hook's verdicts (see classify).
+HIT = "hit"  # settled, or known to have no executor: nothing to do
+WAITING = "waiting"  # this very session id is observed, not yet settled: write nothing
+MISS = "miss"  # observe it: append session.observed and make sure a reconciler runs
 
 _IDENTITY_VARS = (
     ("executor_id", "EXECUTOR_ID", None),
@@ -51,14 +63,24 @@ def default_home(env: Mapping[str, str]) -> str:
     return os.path.join(state, "reconcile")
 
 
-def agent_max_age(env: Mapping[str, str]) -> float:
-    """``RECONCILE_AGENT_MAX_AGE`` for the hit check, the default if unset or malformed
-    (the miss path's :class:`Settings` reports a malformed one)."""
+def positive_seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A duration variable for the hook, the default if unset or malformed (the
+    reconciler's :class:`Settings` reports a malformed one in the log)."""
     try:
-        value = float(env.get("RECONCILE_AGENT_MAX_AGE") or AGENT_MAX_AGE_S)
+        value = float(env.get(name) or default)
     except ValueError:
-        return AGENT_MAX_AGE_S
-    return value if value > 0 else AGENT_MAX_AGE_S
+        return default
+    return value if value > 0 else default
+
+
+def agent_max_age(env: Mapping[str, str]) -> float:
+    """``RECONCILE_AGENT_MAX_AGE``: agent-keyed entries are revalidated after this."""
+    return positive_seconds(env, "RECONCILE_AGENT_MAX_AGE", AGENT_MAX_AGE_S)
+
+
+def negative_ttl(env: Mapping[str, str]) -> float:
+    """``RECONCILE_NEGATIVE_TTL``: how long "no executor" is trusted."""
+    return positive_seconds(env, "RECONCILE_NEGATIVE_TTL", NEGATIVE_TTL_S)
 
 
 def valid_value(value: object) -> bool:
@@ -113,7 +135,8 @@ class Observation:
 def cache_key(
     executor_id: str | None, agent_id: str | None, agent_name: str | None, team: str | None
 ) -> str:
-    """The cache key (DESIGN §5): the executor when named, else the agent identity."""
+    """The cache key: the executor when named, else the agent identity
+    (docs/architecture.md, "The cache key and the hit")."""
     if executor_id:
         return f"executor:{executor_id}"
     if agent_id:
@@ -166,31 +189,100 @@ def parse_payload(raw: bytes) -> dict[str, Any] | str:
 
 
 def settled_session(record: Mapping[str, Any]) -> str | None:
-    """The session id a cache record settled, or None if it settles nothing (pending)."""
+    """The session id a cache record settled, or None if it settles nothing (observed)."""
     field = SETTLED_SESSION.get(record["type"])
-    return None if field is None else record["data"].get(field)
+    data = record["data"]
+    return None if field is None or not isinstance(data, dict) else data.get(field)
 
 
-def is_hit(
+def observed_session(record: Mapping[str, Any]) -> str | None:
+    """The session id of an observation or of a "no executor" answer, else None."""
+    data = record["data"]
+    if record["type"] in (*UNSETTLED, UNRESOLVED) and isinstance(data, dict):
+        return data.get("session_id")
+    return None
+
+
+def classify(
     record: Mapping[str, Any] | None,
     observation: Observation,
     *,
     max_age_s: float,
+    negative_ttl_s: float,
     now_us: int,
-) -> bool:
-    """A hit (DESIGN §5): the entry settled this very session id, and, for agent keys, is
-    no older than ``max_age_s`` (the agent may have moved to another executor since)."""
-    if record is None or settled_session(record) != observation.session_id:
-        return False
-    return not observation.agent_keyed or now_us - event_time_us(record["id"]) <= max_age_s * 1e6
+) -> str:
+    """The hook's verdict on the latest record for the observation's key.
+
+    :data:`HIT`: the record settled this very session id (for agent keys, no longer ago
+    than ``max_age_s``: the agent may have moved to another executor since), or says the
+    database has no executor for it, no longer ago than ``negative_ttl_s``.
+    :data:`WAITING`: it is an observation of this session id, not settled yet.
+    :data:`MISS`: anything else.
+    """
+    if record is None:
+        return MISS
+    live = observation.session_id
+    age_us = now_us - event_time_us(record["id"])
+    if settled_session(record) == live:
+        fresh = not observation.agent_keyed or age_us <= max_age_s * 1e6
+        return HIT if fresh else MISS
+    if observed_session(record) != live:
+        return MISS
+    if record["type"] == UNRESOLVED:
+        return HIT if age_us <= negative_ttl_s * 1e6 else MISS
+    return WAITING
+
+
+def verdict(
+    home: str,
+    observation: Observation,
+    *,
+    max_age_s: float = AGENT_MAX_AGE_S,
+    negative_ttl_s: float = NEGATIVE_TTL_S,
+    now_us: int | None = None,
+) -> str:
+    """Read the cache (snapshot + journals) and classify ``observation`` against it."""
+    import time
+
+    record = latest(home, observation.key)
+    now = time.time_ns() // 1000 if now_us is None else now_us
+    return classify(
+        record, observation, max_age_s=max_age_s, negative_ttl_s=negative_ttl_s, now_us=now
+    )
 
 
 def check_hit(
     home: str, observation: Observation, *, max_age_s: float, now_us: int | None = None
 ) -> bool:
-    """Read the cache (snapshot + journals) and say whether ``observation`` is a hit."""
+    """Whether the cache answers ``observation`` with nothing left to do."""
+    return verdict(home, observation, max_age_s=max_age_s, now_us=now_us) == HIT
+
+
+def handle(env: Mapping[str, str], raw: bytes | None, *, sync: bool = False) -> str:
+    """The hook, start to finish, given its environment and stdin (None: over 1 MiB).
+
+    Returns what it came to: :data:`HIT`, a reason it skipped (``missing_identity``,
+    ``invalid_session_id``, ...), or what the outbox did (see
+    :func:`reconcile._outbox.settle_later`). Only the path past a hit imports more.
+    """
+    payload = parse_payload(raw) if raw is not None else "payload_too_large"
+    observation = payload if isinstance(payload, str) else observe(env, payload)
+    if isinstance(observation, str):
+        return observation
     import time
 
+    home = default_home(env)
     record = latest(home, observation.key)
-    now = time.time_ns() // 1000 if now_us is None else now_us
-    return is_hit(record, observation, max_age_s=max_age_s, now_us=now)
+    found = classify(
+        record,
+        observation,
+        max_age_s=agent_max_age(env),
+        negative_ttl_s=negative_ttl(env),
+        now_us=time.time_ns() // 1000,
+    )
+    if found == HIT:
+        return HIT
+    from reconcile._outbox import settle_later
+
+    after = record["id"] if record is not None else None
+    return settle_later(home, env, observation, found, sync=sync, after=after)

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
 
-from journal._layout import FILE_MODE, LOG_DIR, ensure_dir
+from journal import FILE_MODE, LOG_DIR, ensure_dir
 from reconcile._settings import Settings, redact_url
 
 LOG_NAME = "reconcile.log"
@@ -52,12 +53,12 @@ class _Console:
     def __init__(self) -> None:
         self.render = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
 
-    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
         sys.stderr.write(str(self.render(logger, method, dict(event))) + "\n")
         return event
 
 
-def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _redact(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     for key in ("database_url", "url"):
         if isinstance(event.get(key), str):
             event[key] = redact_url(event[key])
@@ -71,7 +72,7 @@ def configure(settings: Settings, *, verbose: bool = False) -> None:
     except Exception:  # an unusable home: logs go nowhere rather than break the hook
         path = Path(os.devnull)
     sink = _BoundedFile(path, settings.log_max_bytes)
-    console = [_Console()] if verbose else []
+    console: list[Processor] = [_Console()] if verbose else []
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,

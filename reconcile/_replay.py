@@ -3,24 +3,26 @@ against the snapshot and the database."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
 
 import journal
-from journal._fold import Table, apply
-from reconcile._engine import NO_EXECUTOR, audit_details, event_for
+from reconcile._engine import audit_details
+from reconcile._errors import DatabaseUnavailableError
 from reconcile._fast import (
     DIVERGENCE_PRESERVED,
-    PENDING,
     RECONCILED,
+    REJECTED,
     SETTLED_SESSION,
+    UNSETTLED,
     settled_session,
 )
 from reconcile._log import get_logger
+from reconcile._reconciler import settle_pending, unsettled
 from reconcile._settings import Settings
-from reconcile._store import connect, decide, executor_sessions, insert_audit_rows
+from reconcile._store import connect, executor_sessions, insert_audit_rows
 
 AUDITED_TYPES = (RECONCILED, DIVERGENCE_PRESERVED)
 _BATCH = 500
@@ -58,54 +60,53 @@ def _executor_of(record: journal.Record) -> str | None:
 class ReplayReport:
     """What ``replay --to-db`` did."""
 
-    pending: int  # pending observations still current (not superseded)
-    superseded: int  # pending observations a later event for the same key made moot
-    outcomes: dict[str, int]  # how the current ones were settled
+    pending: int  # observations still to settle when it began (the latest of their key)
+    superseded: int  # observations a later event for the same key made moot
+    outcomes: dict[str, int]  # how the pending ones were settled
     audit_rows_inserted: int
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
 
 
-def replay_to_db(settings: Settings, *, writer: journal.Writer | None = None) -> ReplayReport:
-    """Apply pending observations and missing audit rows to the database, idempotently.
+def replay_to_db(
+    settings: Settings, *, progress: Callable[[int, int], None] | None = None
+) -> ReplayReport:
+    """Settle every pending observation and insert missing audit rows, idempotently.
 
     Audit rows of journaled events are inserted unless their event id is already there.
-    Each pending observation that is still the latest event of its key is settled through
-    the same statement as a hook's miss, in event order, and the result is journaled, so
-    a second replay finds nothing to do. Raises :class:`DatabaseUnavailable` when the
-    database cannot be used.
+    Observations still waiting are settled by the reconciler, in the foreground (waiting
+    for a running one, whatever the backoff), so a second replay finds nothing to do.
+    Raises :class:`DatabaseUnavailableError` when the database cannot be used.
     """
-    latest: dict[str, journal.Record] = {}
-    pending_seen = 0
+    observed = 0
     inserted = 0
     batch: list[tuple[Any, ...]] = []
-    own_writer = writer is None
-    writer = writer or journal.Writer(settings.home, fsync=settings.fsync)
-    outcomes: dict[str, int] = {}
-    try:
-        with connect(settings, application="reconcile-replay") as conn:
-            for record in journal.history(settings.home):
-                latest[record.key] = record
-                pending_seen += record.type == PENDING
-                if record.type in AUDITED_TYPES and record.data is not None:
-                    batch.append(_audit_row(record))
-                    if len(batch) >= _BATCH:
-                        inserted += insert_audit_rows(conn, batch)
-                        batch.clear()
-            inserted += insert_audit_rows(conn, batch)
-            current = sorted(
-                (r for r in latest.values() if r.type == PENDING), key=lambda r: (r.ts, r.id)
-            )
-            for record in current:
-                kind = _settle_pending(conn, settings, writer, record)
-                outcomes[kind] = outcomes.get(kind, 0) + 1
-    finally:
-        if own_writer:
-            writer.close()
-    report = ReplayReport(len(current), pending_seen - len(current), outcomes, inserted)
-    get_logger().info("replay.done", **report.to_dict())
-    return report
+    with connect(settings, application="reconcile-replay") as conn:
+        for record in journal.history(settings.home):
+            observed += record.type in UNSETTLED
+            if record.type in AUDITED_TYPES and record.data is not None:
+                batch.append(_audit_row(record))
+                if len(batch) >= _BATCH:
+                    inserted += insert_audit_rows(conn, batch)
+                    batch.clear()
+        inserted += insert_audit_rows(conn, batch)
+    pending = len(unsettled(str(settings.home)))
+    report = settle_pending(
+        settings,
+        wait_s=max(60.0, settings.statement_timeout_s),
+        ignore_backoff=True,
+        progress=progress,
+    )
+    if report.error is not None:
+        raise DatabaseUnavailableError(report.error)
+    if report.busy:
+        raise DatabaseUnavailableError(
+            "another reconciler kept reconcile.lock for a minute; try again"
+        )
+    result = ReplayReport(pending, observed - pending, dict(report.outcomes), inserted)
+    get_logger().info("replay.done", **result.to_dict())
+    return result
 
 
 def _audit_row(record: journal.Record) -> tuple[Any, ...]:
@@ -118,31 +119,6 @@ def _audit_row(record: journal.Record) -> tuple[Any, ...]:
         audit_details(record.type, data),
         record.ts,
     )
-
-
-def _settle_pending(
-    conn: Any, settings: Settings, writer: journal.Writer, record: journal.Record
-) -> str:
-    data = record.data or {}
-    identity = data.get("identity") if isinstance(data.get("identity"), dict) else {}
-    session_id = data.get("session_id")
-    if not isinstance(session_id, str):
-        return "invalid"
-    event_id = journal.new_event_id()
-    decision = decide(
-        conn,
-        session_id=session_id,
-        event_id=event_id,
-        executor_id=identity.get("executor_id"),
-        agent_id=identity.get("agent_id"),
-        agent_name=identity.get("agent_name"),
-        team=identity.get("team"),
-        deadline_s=settings.statement_timeout_s,
-    )
-    if decision.outcome != NO_EXECUTOR:
-        event_type, event_data = event_for(decision, session_id)
-        writer.append(record.key, event_data, event_type, event_id=event_id)
-    return decision.outcome
 
 
 @attrs.frozen
@@ -182,10 +158,10 @@ def verify(settings: Settings, *, db: bool = False) -> VerifyReport:
     cache entry (it was evicted, least recently reconciled first); a cache entry with
     no history left (archive retention) is counted as unverifiable, not as a difference.
     """
-    rebuilt: Table = {}
+    rebuilt: dict[str, dict[str, Any]] = {}
     count = 0
     for record in journal.history(settings.home):
-        apply(rebuilt, record.to_dict())
+        journal.fold([record.to_dict()], rebuilt)
         count += 1
     state = journal.load(settings.home)
     differences: list[Difference] = []
@@ -197,18 +173,22 @@ def verify(settings: Settings, *, db: bool = False) -> VerifyReport:
         elif expected["id"] != entry.id:
             differences.append(Difference(key, "snapshot_differs", expected["id"], entry.id))
     oldest = min(((e.ts, e.id) for e in state.values()), default=None)
-    for key, record in rebuilt.items():
-        if record["data"] is None or key in state:
+    for key, raw in rebuilt.items():
+        if raw["data"] is None or key in state:
             continue
-        if oldest is None or (record["ts"], record["id"]) > oldest:
-            differences.append(Difference(key, "missing_from_cache", record["id"], None))
+        if oldest is None or (raw["ts"], raw["id"]) > oldest:
+            differences.append(Difference(key, "missing_from_cache", raw["id"], None))
     if db:
         differences.extend(_database_differences(settings, state))
     return VerifyReport(len(state), count, unverifiable, differences)
 
 
 def _database_differences(settings: Settings, state: journal.State) -> list[Difference]:
-    settled = {key: record for key, record in state.items() if record.type in SETTLED_SESSION}
+    settled = {
+        key: record
+        for key, record in state.items()
+        if record.type in SETTLED_SESSION and record.type != REJECTED
+    }
     executors = {key: (record.data or {}).get("executor_id") for key, record in settled.items()}
     with connect(settings, application="reconcile-verify") as conn:
         stored = executor_sessions(conn, [e for e in executors.values() if e])
@@ -219,11 +199,11 @@ def _database_differences(settings: Settings, state: journal.State) -> list[Diff
         if found is None:
             differences.append(Difference(key, "database_differs", executor, None))
             continue
-        raw = {"type": record.type, "data": dict(record.data or {})}
+        data = dict(record.data or {})
         expected = (
-            raw["data"].get("stored_session_id")
+            data.get("stored_session_id")
             if record.type == DIVERGENCE_PRESERVED
-            else settled_session(raw)
+            else settled_session({"type": record.type, "data": data})
         )
         if found[0] != expected:
             differences.append(Difference(key, "database_differs", expected, found[0]))

@@ -164,8 +164,7 @@ def _admin_url(port: int) -> str:
 
 @contextlib.contextmanager
 def _locked(home: Path) -> Iterator[None]:
-    from journal._errors import JournalError
-    from journal._layout import ensure_dir
+    from journal import JournalError, ensure_dir
 
     try:
         pg = ensure_dir(_pg(home))  # creates the state directory too, 0700

@@ -10,7 +10,7 @@ from typing import Any
 import attrs
 
 from reconcile._errors import ConfigError
-from reconcile._fast import AGENT_MAX_AGE_S, default_home
+from reconcile._fast import AGENT_MAX_AGE_S, NEGATIVE_TTL_S, default_home
 
 
 def _bool(text: str) -> bool:
@@ -55,6 +55,13 @@ class Settings:
     agent_max_age_s: float = attrs.field(
         default=AGENT_MAX_AGE_S, validator=_positive, **_env("RECONCILE_AGENT_MAX_AGE", float)
     )
+    negative_ttl_s: float = attrs.field(
+        default=NEGATIVE_TTL_S, validator=_positive, **_env("RECONCILE_NEGATIVE_TTL", float)
+    )
+    backoff_max_s: float = attrs.field(
+        default=30.0, validator=_positive, **_env("RECONCILE_BACKOFF_MAX", float)
+    )
+    sync: bool = attrs.field(default=False, **_env("RECONCILE_SYNC", _bool))
     compact_threshold: int = attrs.field(
         default=64, validator=_positive, **_env("RECONCILE_COMPACT_THRESHOLD", int)
     )
@@ -83,7 +90,9 @@ class Settings:
     @staticmethod
     def variables() -> list[tuple[str, Any]]:
         """Every environment variable with its default, for documentation and ``status``."""
-        rows = [("RECONCILE_HOME", "${XDG_STATE_HOME:-~/.local/state}/reconcile")]
+        rows: list[tuple[str, Any]] = [
+            ("RECONCILE_HOME", "${XDG_STATE_HOME:-~/.local/state}/reconcile")
+        ]
         for field in attrs.fields(Settings):
             if "env" in field.metadata:
                 rows.append((field.metadata["env"], field.default))

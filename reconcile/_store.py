@@ -17,7 +17,7 @@ import attrs
 import psycopg
 from psycopg.types.json import Jsonb
 
-from reconcile._errors import DatabaseUnavailable
+from reconcile._errors import DatabaseUnavailableError, RejectedError
 from reconcile._settings import Settings, redact_url
 
 TERMINAL_STATES = ("done", "error", "terminated")
@@ -109,7 +109,7 @@ def resolve_url(settings: Settings) -> str:
 
     found = url(settings.home)
     if found is None:
-        raise DatabaseUnavailable(
+        raise DatabaseUnavailableError(
             "no database: set RECONCILE_DATABASE_URL or start the embedded one "
             "with `reconcile db up`"
         )
@@ -118,7 +118,7 @@ def resolve_url(settings: Settings) -> str:
 
 @contextlib.contextmanager
 def deadline(seconds: float) -> Iterator[None]:
-    """Raise :class:`DatabaseUnavailable` if the block runs longer than ``seconds``.
+    """Raise :class:`DatabaseUnavailableError` if the block runs longer than ``seconds``.
 
     libpq rounds connect timeouts up to 2 s; a hook must give up sooner, so the main
     thread arms a real-time timer instead. Elsewhere only the server-side timeouts apply.
@@ -128,7 +128,7 @@ def deadline(seconds: float) -> Iterator[None]:
         return
 
     def expired(signum: int, frame: object) -> None:
-        raise DatabaseUnavailable(f"database did not answer within {seconds:g} s")
+        raise DatabaseUnavailableError(f"database did not answer within {seconds:g} s")
 
     previous = signal.signal(signal.SIGALRM, expired)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -142,7 +142,7 @@ def deadline(seconds: float) -> Iterator[None]:
 @contextlib.contextmanager
 def connect(settings: Settings, *, application: str = "reconcile") -> Iterator[psycopg.Connection]:
     """An autocommit connection with the configured timeouts; any failure to connect is
-    :class:`DatabaseUnavailable` with a message that never contains the password."""
+    :class:`DatabaseUnavailableError` with a message that never contains the password."""
     url = resolve_url(settings)
     statement_ms = int(settings.statement_timeout_s * 1000)
     try:
@@ -155,21 +155,25 @@ def connect(settings: Settings, *, application: str = "reconcile") -> Iterator[p
                 options=f"-c statement_timeout={statement_ms} -c lock_timeout={statement_ms}",
             )
     except psycopg.Error as exc:
-        raise DatabaseUnavailable(describe(exc, url)) from None
+        raise DatabaseUnavailableError(describe(exc, url)) from None
     try:
         yield conn
     except psycopg.Error as exc:
-        raise DatabaseUnavailable(describe(exc, url)) from None
+        raise DatabaseUnavailableError(describe(exc, url)) from None
     finally:
         conn.close()
 
 
 def describe(exc: BaseException, url: str) -> str:
     """One line about a database error, with the URL redacted and no password in it."""
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    first = _first_line(exc)
     for secret in _passwords(url):
         first = first.replace(secret, "***")
     return f"{redact_url(url)}: {first}"
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _passwords(url: str) -> list[str]:
@@ -203,8 +207,13 @@ def decide(
         "team": team,
         "actor": agent_name or agent_id,
     }
-    with deadline(deadline_s):
-        row = conn.execute(RECONCILE_SQL, params, prepare=False).fetchone()
+    try:
+        with deadline(deadline_s):
+            row = conn.execute(RECONCILE_SQL, params, prepare=False).fetchone()
+    except psycopg.DataError as exc:  # values no database could take: not an outage
+        raise RejectedError(_first_line(exc)) from None
+    except psycopg.Error as exc:  # gone, slow, locked, or without its tables
+        raise DatabaseUnavailableError(f"{conn.info.dsn}: {_first_line(exc)}") from None
     if row is None:
         return Decision("no_executor")
     outcome, executor, stored, state, actor, team_found, _, _ = row
@@ -289,4 +298,4 @@ def database_activity(probe: psycopg.Connection, database: str) -> tuple[int, in
             return current
         previous = current
         time.sleep(0.1)
-    raise DatabaseUnavailable(f"the statistics of {database} did not settle")
+    raise DatabaseUnavailableError(f"the statistics of {database} did not settle")

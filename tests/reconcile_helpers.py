@@ -58,6 +58,54 @@ def run_hook(home: Path, url: str | None, payload: Any, **identity: str) -> None
     assert out == b"", out
 
 
+def wait_settled(home: Path, deadline_s: float = 180.0) -> None:
+    """Wait until no observation in ``home`` is unsettled and no reconciler runs.
+
+    The hook leaves the database work to a detached reconciler: a test waits for the
+    condition (with a deadline generous enough for a loaded machine), never for a time.
+    """
+    import time
+
+    import reconcile
+
+    lock = home / "reconcile.lock"
+    give_up = time.monotonic() + deadline_s
+    while True:
+        if not reconcile.unsettled(str(home)) and not _held(lock):
+            return
+        if time.monotonic() > give_up:
+            raise AssertionError(f"observations in {home} still unsettled after {deadline_s} s")
+        time.sleep(0.05)
+
+
+def wait_idle(home: Path, deadline_s: float = 180.0) -> None:
+    """Wait until no reconciler runs (with the database away, the last one leaves a
+    backoff and the observations in place)."""
+    import time
+
+    give_up = time.monotonic() + deadline_s
+    while _held(home / "reconcile.lock"):
+        if time.monotonic() > give_up:
+            raise AssertionError(f"a reconciler of {home} ran for over {deadline_s} s")
+        time.sleep(0.05)
+
+
+def _held(lock: Path) -> bool:
+    import fcntl
+
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def seed(
     url: str,
     agents: list[tuple[str, str | None, str | None, str | None]] = (),  # type: ignore[assignment]

@@ -1,0 +1,219 @@
+"""The hook's path past a hit: the journal as an outbox (docs/architecture.md, "The outbox").
+
+The hook never talks to the database. On a miss it appends one ``session.observed``
+record to its own journal; on a miss, or while its observation waits, it makes sure one
+reconciler runs for the state directory and exits. The reconciler
+(:mod:`reconcile._reconciler`) settles observations with the database and journals
+the outcomes, which later hooks read as hits.
+
+"Makes sure one runs" costs two system calls when one does: the hook tries
+``reconcile.lock`` without blocking. If the lock is free and no backoff is in force, the
+hook keeps it and hands it to the reconciler it starts (the child inherits the locked
+descriptor), so a burst of hooks starts one reconciler, not one each.
+
+Like the hit path, this module imports only the standard library and the journal's
+writer: it runs in the hook process.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+import time
+
+from journal import Writer, new_event_id, parse_json
+from reconcile._fast import MISS, OBSERVED, Observation
+
+TYPE_CHECKING = False  # typing costs milliseconds in the hook; checkers see True
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+RECONCILE_LOCK = "reconcile.lock"
+BACKOFF = "backoff"  # JSON: the database's backoff, shared by every process of the home
+COMPACT_LOCK = "compact.lock"
+COMPACT_THRESHOLD = 64  # RECONCILE_COMPACT_THRESHOLD's default
+
+_FALSE = ("0", "false", "no", "off")
+_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_MODE = 0o600
+
+# What the detached processes run. Each is a fresh interpreter with the hook's
+# environment; the package's own directory leads PYTHONPATH (see _child_env).
+_RECONCILER = "import sys; from reconcile import run_reconciler; sys.exit(run_reconciler(sys.argv))"
+_COMPACTOR = "import journal, sys; journal.compact(sys.argv[1], max_entries=int(sys.argv[2]))"
+
+
+def settle_later(
+    home: str,
+    env: Mapping[str, str],
+    observation: Observation,
+    verdict: str,
+    *,
+    sync: bool,
+    after: str | None = None,
+) -> str:
+    """Past a hit: journal the observation on a miss, then see that it gets settled.
+
+    ``sync``: settle it in this process before returning (the opt-in synchronous mode;
+    it waits for the database within the configured timeouts). ``after``: the event id of
+    the key's latest record, which the observation must sort after. Returns
+    ``"<verdict>:<what the reconciler side did>"``, e.g. ``"miss:started"``.
+    """
+    if verdict == MISS:
+        fsync = (env.get("RECONCILE_FSYNC") or "1").strip().lower() not in _FALSE
+        append_observation(home, observation, fsync=fsync, after=after)
+    if sync:
+        from reconcile._reconciler import run_now
+
+        done = run_now(env)
+    else:
+        done = ensure_reconciler(home, env)
+    maybe_compact(home, env)
+    return f"{verdict}:{done}"
+
+
+def append_observation(
+    home: str, observation: Observation, *, fsync: bool = True, after: str | None = None
+) -> str:
+    """Journal that the hook saw ``observation``, after the event ``after`` if given (the
+    key's latest: the fold must see the observation as newer, whatever the clocks did);
+    return the record's event id."""
+    data = {"identity": observation.identity(), "session_id": observation.session_id}
+    with Writer(home, fsync=fsync) as writer:
+        return writer.append(observation.key, data, OBSERVED, event_id=new_event_id(after))
+
+
+def read_backoff(home: str) -> dict[str, object] | None:
+    """The backoff record the last reconciler left, or None if there is none (or it
+    cannot be read: a backoff is advice, and an unreadable one advises nothing)."""
+    try:
+        fd = os.open(os.path.join(home, BACKOFF), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        raw = os.read(fd, 1 << 16)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        value = parse_json(raw)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def backoff_until(home: str) -> float:
+    """Until when (Unix seconds) no process of this home may try the database; 0: now."""
+    record = read_backoff(home)
+    until = record.get("until") if record else None
+    return float(until) if isinstance(until, int | float) else 0.0
+
+
+def take_lock(home: str, name: str = RECONCILE_LOCK) -> int | None:
+    """The locked descriptor of ``home/name`` if no one holds it, else None."""
+    try:
+        fd = os.open(os.path.join(home, name), _LOCK_FLAGS, _FILE_MODE)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def lock_held(home: str, name: str) -> bool:
+    """Whether some process holds ``home/name`` (a shared probe, released at once)."""
+    try:
+        fd = os.open(os.path.join(home, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False  # never taken yet, or unusable: let the process that needs it find out
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def ensure_reconciler(home: str, env: Mapping[str, str], *, now_s: float | None = None) -> str:
+    """Start a reconciler unless one runs or the database is in backoff.
+
+    Returns ``"started"``, ``"running"``, ``"backoff"`` or ``"failed"`` (could not spawn;
+    the observation stays in the journal for the next hook).
+    """
+    now = time.time() if now_s is None else now_s
+    if backoff_until(home) > now:
+        return "backoff"
+    fd = take_lock(home)
+    if fd is None:
+        return "running"
+    try:
+        spawn([sys.executable, "-c", _RECONCILER, str(fd)], env, keep_fd=fd)
+    except OSError:
+        return "failed"
+    finally:
+        os.close(fd)  # the child holds the lock now (or, if none started, no one does)
+    return "started"
+
+
+def maybe_compact(home: str, env: Mapping[str, str]) -> bool:
+    """Past the journal threshold, start a compaction in the background (unless one runs).
+
+    Journals stay bounded with no cron: each hook that wrote counts them (one
+    ``listdir``). Returns whether a compactor was started.
+    """
+    try:
+        threshold = int(env.get("RECONCILE_COMPACT_THRESHOLD") or COMPACT_THRESHOLD)
+    except ValueError:
+        threshold = COMPACT_THRESHOLD
+    try:
+        count = sum(
+            1 for name in os.listdir(os.path.join(home, "journal")) if name.endswith(".jnl")
+        )
+    except OSError:
+        return False
+    if count <= threshold or lock_held(home, COMPACT_LOCK):
+        return False
+    try:
+        max_entries = str(int(env.get("RECONCILE_MAX_ENTRIES") or 1000))
+    except ValueError:
+        max_entries = "1000"
+    try:
+        spawn([sys.executable, "-c", _COMPACTOR, home, max_entries], env)
+    except OSError:
+        return False
+    return True
+
+
+def spawn(argv: list[str], env: Mapping[str, str], *, keep_fd: int | None = None) -> int:
+    """Start ``argv`` detached: its own session, stdin/stdout/stderr on /dev/null (Claude
+    Code waits for every holder of the hook's pipes), ``keep_fd`` inherited under the same
+    number. Returns its pid; it is not waited for (init reaps it)."""
+    null = os.devnull
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, null, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, null, os.O_WRONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 2, null, os.O_WRONLY, 0),
+    ]
+    if keep_fd is not None:
+        os.set_inheritable(keep_fd, True)
+    try:
+        return os.posix_spawn(argv[0], argv, _child_env(env), file_actions=actions, setsid=True)
+    finally:
+        if keep_fd is not None:
+            os.set_inheritable(keep_fd, False)
+
+
+def _child_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The hook's environment, with this package's directory first on PYTHONPATH (the hook
+    may run without ``site``, or from a checkout)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    child = dict(env)
+    existing = child.get("PYTHONPATH")
+    child["PYTHONPATH"] = root if not existing else root + os.pathsep + existing
+    return child

@@ -1,0 +1,325 @@
+"""The reconciler: settles observations with the database (docs/architecture.md).
+
+One per state directory at a time, by ``reconcile.lock``. It settles every observation
+that is still the latest record of its key (``session.observed``, or ``session.pending``
+from 0.1), in event order, over **one** connection, each in the one-statement transaction
+of :func:`reconcile._store.decide`, and journals the outcome whose event id is the audit
+row's. Then it releases the lock and looks once more: an observation appended while it
+held the lock was not followed by a new reconciler (its hook saw the lock taken), so it
+is this one's to settle. It exits when nothing is left.
+
+The database unreachable, slow, refusing or without its tables: it records a backoff in
+``backoff`` (the next attempt time, doubling up to a cap, with jitter), which every hook
+honours, and exits. The observations stay in the journal, and the first reconciler after
+the backoff settles them: no operator command needed.
+
+A crash anywhere is safe: an observation is settled only by a journaled outcome, and
+settling one twice finds the database already right ("confirmed": no second audit row).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+import journal
+from reconcile._engine import NO_EXECUTOR, event_for
+from reconcile._errors import ConfigError, DatabaseUnavailableError, RejectedError
+from reconcile._fast import REJECTED, UNRESOLVED, UNSETTLED, default_home, valid_value
+from reconcile._log import configure, get_logger
+from reconcile._outbox import BACKOFF, read_backoff, take_lock
+from reconcile._settings import Settings
+from reconcile._store import connect, decide
+
+BACKOFF_BASE_S = 1.0
+_IDENTITY_FIELDS = ("executor_id", "agent_id", "agent_name", "team")
+_LOCK_POLL_S = 0.01
+
+
+@attrs.frozen
+class ReconcileReport:
+    """What one reconciler run did. ``outcomes`` counts settlements by kind."""
+
+    outcomes: dict[str, int] = attrs.field(factory=dict)
+    busy: bool = False  # another reconciler held the lock
+    backoff: bool = False  # the database was in backoff, or failed now
+    error: str | None = None
+
+    @property
+    def settled(self) -> int:
+        return sum(self.outcomes.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**attrs.asdict(self), "settled": self.settled}
+
+
+def run_reconciler(argv: Sequence[str]) -> int:
+    """Entry point of the detached reconciler a hook starts: ``argv[1]`` is the inherited
+    descriptor of ``reconcile.lock``, already locked. Always returns 0; logs the rest."""
+    lock_fd = int(argv[1]) if len(argv) > 1 else None
+    if lock_fd is not None:  # keep the lock; drop anything else the hook inherited
+        os.closerange(3, lock_fd)
+        os.closerange(lock_fd + 1, 1 << 16)
+    os.chdir("/")
+    try:
+        try:
+            settings = Settings.from_env(os.environ)
+        except ConfigError:  # log it under the home alone, then give up
+            configure(Settings(home=default_home(os.environ)))
+            raise
+        configure(settings)
+        settle_pending(settings, lock_fd=lock_fd)
+    except BaseException as exc:  # a detached process: the log is its only voice
+        get_logger().error("reconciler.failed", error=f"{type(exc).__name__}: {exc}"[:500])
+    return 0
+
+
+def run_now(env: Mapping[str, str]) -> str:
+    """The synchronous mode: settle now, in this process, within the configured timeouts
+    (waiting for a running reconciler at most the statement timeout), whatever the
+    backoff. Returns ``"settled"``, ``"busy"`` or ``"failed"``; never raises."""
+    try:
+        settings = Settings.from_env(env)
+        configure(settings)
+        report = settle_pending(settings, wait_s=settings.statement_timeout_s, ignore_backoff=True)
+    except Exception as exc:
+        get_logger().error("reconciler.failed", error=f"{type(exc).__name__}: {exc}"[:500])
+        return "failed"
+    if report.error is not None:
+        return "failed"
+    return "busy" if report.busy else "settled"
+
+
+def settle_pending(
+    settings: Settings,
+    *,
+    lock_fd: int | None = None,
+    wait_s: float = 0.0,
+    ignore_backoff: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> ReconcileReport:
+    """Settle every unsettled observation of ``settings.home``; see the module docstring.
+
+    ``lock_fd``: ``reconcile.lock``, already held (a hook handed it over). Otherwise the
+    lock is taken, waiting up to ``wait_s`` for a running reconciler. ``ignore_backoff``:
+    try the database even inside a backoff window (the foreground commands do).
+    """
+    home = str(settings.home)
+    log = get_logger()
+    outcomes: dict[str, int] = {}
+    tried: set[str] = set()  # observations attempted here: never loop on one
+    conn_cm: Any = None
+    conn: Any = None
+    report = ReconcileReport(outcomes)
+    try:
+        while True:
+            fd = lock_fd if lock_fd is not None else _lock(home, wait_s)
+            lock_fd = None
+            if fd is None:
+                return attrs.evolve(report, busy=not outcomes)
+            try:
+                if not ignore_backoff and _backoff_until(home) > time.time():
+                    return attrs.evolve(report, backoff=True)
+                todo = [r for r in unsettled(home) if r.id not in tried]
+                if todo and conn is None:
+                    try:
+                        conn_cm = connect(settings, application="reconcile-reconciler")
+                        conn = conn_cm.__enter__()
+                    except DatabaseUnavailableError as exc:
+                        conn_cm = None
+                        record_failure(settings, str(exc))
+                        log.warning("reconciler.backoff", error=str(exc), unsettled=len(todo))
+                        return attrs.evolve(report, backoff=True, error=str(exc))
+                with journal.Writer(home, fsync=settings.fsync) as writer:
+                    for index, record in enumerate(todo):
+                        tried.add(record.id)
+                        if progress is not None:
+                            progress(index, len(todo))
+                        try:
+                            kind = settle_one(settings, conn, writer, record)
+                        except DatabaseUnavailableError as exc:
+                            record_failure(settings, str(exc))
+                            log.warning("reconciler.backoff", error=str(exc))
+                            return attrs.evolve(report, backoff=True, error=str(exc))
+                        outcomes[kind] = outcomes.get(kind, 0) + 1
+                if todo:
+                    record_success(settings)
+            finally:
+                os.close(fd)  # released: a hook from now on may start a reconciler
+            # Look once more, lock released: whatever was appended while it was held
+            # had no reconciler started for it.
+            if not any(r.id not in tried for r in unsettled(home)):
+                return report
+    finally:
+        if conn_cm is not None:
+            conn_cm.__exit__(None, None, None)
+        if outcomes:
+            log.info("reconciler.done", **outcomes)
+
+
+def unsettled(home: str) -> list[journal.Record]:
+    """Observations still waiting: the latest record of their key, oldest first."""
+    state = journal.load(home)
+    waiting = [record for record in state.values() if record.type in UNSETTLED]
+    return sorted(waiting, key=lambda r: (r.ts, r.id))
+
+
+def settle_one(
+    settings: Settings, conn: Any, writer: journal.Writer, record: journal.Record
+) -> str:
+    """Settle one observation in one transaction and journal the outcome; return its kind.
+
+    Values no database could take (not what a hook writes; a foreign or damaged record)
+    are settled as ``session.rejected``, so that one bad record never blocks the rest.
+    Raises :class:`DatabaseUnavailableError` when the database cannot be used.
+    """
+    data = record.data or {}
+    identity_raw = data.get("identity")
+    identity = identity_raw if isinstance(identity_raw, dict) else {}
+    session_id = data.get("session_id")
+    fields = {name: identity.get(name) for name in _IDENTITY_FIELDS}
+    values_ok = valid_value(session_id) and all(
+        value is None or valid_value(value) for value in fields.values()
+    )
+    outcome_data: dict[str, Any] = {"identity": fields, "session_id": session_id}
+    if not values_ok or not any(fields.values()) or not isinstance(session_id, str):
+        return _reject(writer, record, outcome_data, "invalid identity or session id")
+    # The outcome sorts after the observation it answers, whatever the clocks did.
+    event_id = journal.new_event_id(after=record.id)
+    try:
+        decision = decide(
+            conn,
+            session_id=session_id,
+            event_id=event_id,
+            deadline_s=settings.statement_timeout_s,
+            **fields,
+        )
+    except RejectedError as exc:
+        return _reject(writer, record, outcome_data, str(exc))
+    if decision.outcome == NO_EXECUTOR:
+        _append(writer, record.key, outcome_data, UNRESOLVED, event_id)
+        return "unresolved"
+    event_type, event_data = event_for(decision, session_id)
+    _append(writer, record.key, event_data, event_type, event_id)
+    return decision.outcome
+
+
+def _reject(writer: journal.Writer, record: journal.Record, data: dict[str, Any], why: str) -> str:
+    get_logger().warning("session.rejected", key=record.key, observation=record.id, error=why)
+    safe = {"identity": None, "session_id": None, "observation": record.id, "error": why[:300]}
+    if valid_value(data.get("session_id")):
+        safe["session_id"] = data["session_id"]
+    _append(writer, record.key, safe, REJECTED, journal.new_event_id(after=record.id))
+    return "rejected"
+
+
+def _append(
+    writer: journal.Writer,
+    key: str,
+    data: dict[str, Any],
+    event_type: str,
+    event_id: str | None = None,
+) -> None:
+    try:
+        writer.append(key, data, event_type, event_id=event_id)
+    except journal.JournalError as exc:  # committed already: the database stays right,
+        # and the observation, still unsettled, is confirmed by the next reconciler
+        get_logger().error("journal.append_failed", key=key, error=str(exc))
+
+
+def _lock(home: str, wait_s: float) -> int | None:
+    deadline = time.monotonic() + wait_s
+    journal.ensure_home(Path(home))  # the lock file's directory, 0700
+    while True:
+        fd = take_lock(home)
+        if fd is not None or time.monotonic() >= deadline:
+            return fd
+        time.sleep(_LOCK_POLL_S)
+
+
+def _backoff_until(home: str) -> float:
+    record = read_backoff(home) or {}
+    until = record.get("until")
+    return float(until) if isinstance(until, int | float) else 0.0
+
+
+def record_failure(settings: Settings, error: str) -> None:
+    """Push the shared backoff further: doubling from 1 s up to the cap, equal jitter."""
+    previous = read_backoff(str(settings.home)) or {}
+    failures = previous.get("failures")
+    failures = failures + 1 if isinstance(failures, int) and failures >= 0 else 1
+    delay = min(settings.backoff_max_s, BACKOFF_BASE_S * 2 ** min(failures - 1, 30))
+    delay = delay / 2 + random.uniform(0, delay / 2)
+    now = time.time()
+    _write_backoff(
+        settings,
+        {
+            "failures": failures,
+            "until": now + delay,
+            "since": previous.get("since") if failures > 1 else now,
+            "last_error": error[:500],
+            "last_error_at": now,
+        },
+    )
+
+
+def record_success(settings: Settings) -> None:
+    """Clear the backoff, keeping the last error for ``reconcile status``."""
+    previous = read_backoff(str(settings.home))
+    if previous is None or not previous.get("failures"):
+        return
+    _write_backoff(
+        settings,
+        {
+            "failures": 0,
+            "until": 0,
+            "since": None,
+            "last_error": previous.get("last_error"),
+            "last_error_at": previous.get("last_error_at"),
+        },
+    )
+
+
+def _write_backoff(settings: Settings, record: dict[str, Any]) -> None:
+    content = (journal.dump_json(record) + "\n").encode("ascii")
+    try:
+        journal.write_atomically(Path(settings.home) / BACKOFF, content)
+    except (OSError, journal.JournalError) as exc:  # advice only: the next one retries
+        get_logger().warning("backoff.write_failed", error=str(exc))
+
+
+def outbox_status(settings: Settings) -> dict[str, Any]:
+    """What ``reconcile status`` shows of the outbox: unsettled observations, the backoff,
+    whether a reconciler runs, the last database error seen by any process."""
+    from reconcile._outbox import RECONCILE_LOCK, lock_held
+
+    home = str(settings.home)
+    waiting = unsettled(home)
+    backoff = read_backoff(home) or {}
+    until = backoff.get("until")
+    now = time.time()
+    in_force = isinstance(until, int | float) and until > now
+    return {
+        "unsettled": len(waiting),
+        "oldest_unsettled": waiting[0].ts if waiting else None,
+        "reconciler_running": lock_held(home, RECONCILE_LOCK),
+        "backoff": {
+            "in_force": in_force,
+            "failures": backoff.get("failures", 0),
+            "retry_in_s": round(until - now, 1) if in_force and isinstance(until, float) else 0,
+        },
+        "last_error": backoff.get("last_error"),
+        "last_error_at": _iso(backoff.get("last_error_at")),
+    }
+
+
+def _iso(value: object) -> str | None:
+    if not isinstance(value, int | float):
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value))

@@ -1,0 +1,210 @@
+"""``reconcile hook`` as Claude Code runs it: a real process, its exit code, its pipes.
+
+The hook answers from the journal or journals what it saw; a detached reconciler updates
+the database, so tests that look at the database wait for it (``wait_settled``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from reconcile_helpers import (
+    audit_rows,
+    clean_env,
+    reconcile_command,
+    seed,
+    session_of,
+    wait_idle,
+    wait_settled,
+)
+
+import journal
+
+
+def cli(*args: str, home: Path, url: str | None = None, stdin: bytes = b"", **env: str):
+    environment = clean_env(RECONCILE_HOME=str(home), **env)
+    if url is not None:
+        environment["RECONCILE_DATABASE_URL"] = url
+    return subprocess.run(
+        [*reconcile_command(), *args],
+        input=stdin,
+        capture_output=True,
+        env=environment,
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def db(database_url: str, tmp_path: Path) -> str:
+    done = cli("db", "migrate", home=tmp_path / "migrate", url=database_url)
+    assert done.returncode == 0, done.stderr
+    seed(
+        database_url,
+        [("a-1", "alice", "core", "e-1")],
+        [("e-1", "a-1", "s-old", "running"), ("e-2", None, "anchor", "done")],
+    )
+    return database_url
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+def wait_for_log(home: Path, text: str, deadline_s: float = 180.0) -> str:
+    log = home / "log" / "reconcile.log"
+    give_up = time.monotonic() + deadline_s
+    while True:
+        content = log.read_text() if log.exists() else ""
+        if text in content:
+            return content
+        assert time.monotonic() < give_up, f"{text!r} never logged"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    "stdin",
+    [
+        b"",
+        b"{not json",
+        b"\x00\xff\xfe garbage \x89PNG\r\n",
+        b"[1, 2, 3]",
+        b"null",
+        b'{"session_id": null}',
+        b"[" * 100_000,
+        b'{"session_id": "' + b"x" * (5 << 20) + b'"}',  # 5 MB: over the 1 MiB read
+    ],
+    ids=["empty", "invalid", "binary", "array", "null", "null-session", "deep", "5MB"],
+)
+def test_hook_on_bad_input_exits_0_silently_and_changes_nothing(home, db, stdin):
+    done = cli("hook", home=home, url=db, stdin=stdin, RECONCILE_EXECUTOR_ID="e-1")
+    assert (done.returncode, done.stdout) == (0, b"")
+    assert session_of(db, "e-1") == "s-old"
+    assert list(journal.history(home)) == []
+    log = (home / "log" / "reconcile.log").read_text()
+    assert '"hook.skipped"' in log
+
+
+def test_hook_without_identity_is_a_silent_no_op(home, db):
+    done = cli("hook", home=home, url=db, stdin=b'{"session_id": "s-new"}')
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+    assert session_of(db, "e-1") == "s-old"
+    assert not home.exists()  # not even a log line: sessions nobody named cost nothing
+
+
+def test_hook_reconciles_then_hits(home, db):
+    payload = b'{"session_id": "s-new", "teammate_name": "alice", "team_name": "core"}'
+    done = cli("hook", home=home, url=db, stdin=payload)
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+    wait_settled(home)
+    done = cli("hook", home=home, url=db, stdin=payload)  # a hit: writes nothing
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+    assert session_of(db, "e-1") == "s-new"
+    assert len(audit_rows(db)) == 1
+    types = [r.type for r in journal.history(home)]
+    assert types == ["session.observed", "session.reconciled"]
+
+
+def test_hook_with_unreachable_database_keeps_the_observation(home):
+    done = cli(
+        "hook",
+        home=home,
+        url="postgresql://x:pw@127.0.0.1:9/d",
+        stdin=b'{"session_id": "s-1"}',
+        RECONCILE_EXECUTOR_ID="e-1",
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+    [record] = journal.history(home)
+    assert record.type == "session.observed"
+    log = wait_for_log(home, "reconciler.backoff")
+    assert "pw@" not in log
+
+
+def test_hook_with_a_malformed_setting_still_exits_0(home, db):
+    done = cli(
+        "hook",
+        home=home,
+        url=db,
+        stdin=b'{"session_id": "s-1"}',
+        RECONCILE_EXECUTOR_ID="e-1",
+        RECONCILE_MAX_ENTRIES="many",
+    )
+    assert (done.returncode, done.stdout) == (0, b"")
+    wait_for_log(home, "RECONCILE_MAX_ENTRIES")  # the reconciler says why it gave up
+
+
+def test_hook_with_unusable_home_changes_nothing_until_it_is_usable(tmp_path, db):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    args = {"url": db, "stdin": b'{"session_id": "s-9"}', "RECONCILE_EXECUTOR_ID": "e-1"}
+    done = cli("hook", home=blocker / "home", **args)
+    assert (done.returncode, done.stdout) == (0, b"")
+    assert session_of(db, "e-1") == "s-old"  # nowhere to journal: the next hook retries
+    blocker.unlink()
+    blocker.mkdir()
+    done = cli("hook", home=blocker / "home", **args)
+    assert (done.returncode, done.stdout) == (0, b"")
+    wait_settled(blocker / "home")
+    assert session_of(db, "e-1") == "s-9"
+
+
+def test_hook_refuses_a_symlinked_home(tmp_path, db):
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    done = cli(
+        "hook", home=link, url=db, stdin=b'{"session_id": "s-9"}', RECONCILE_EXECUTOR_ID="e-1"
+    )
+    assert (done.returncode, done.stdout) == (0, b"")
+    assert list(real.rglob("*.jnl")) == []
+    status = cli("compact", home=link)
+    assert status.returncode == 3
+    assert b"symlink" in status.stderr and b"Traceback" not in status.stderr
+
+
+def test_global_flags_reach_the_hook(tmp_path, db):
+    home = tmp_path / "flagged"
+    done = subprocess.run(
+        [*reconcile_command(), "--home", str(home), "--database-url", db, "hook"],
+        input=b'{"session_id": "s-flag"}',
+        capture_output=True,
+        env=clean_env(RECONCILE_EXECUTOR_ID="e-1"),
+    )
+    assert (done.returncode, done.stdout) == (0, b"")
+    wait_settled(home)
+    assert session_of(db, "e-1") == "s-flag"
+    assert len(list(journal.history(home))) == 2
+
+
+def test_hooks_start_a_background_compaction_past_the_threshold(tmp_path, database_url):
+    from reconcile_helpers import query
+
+    done = cli("db", "migrate", home=tmp_path / "m", url=database_url)
+    assert done.returncode == 0
+    seed(database_url, [], [(f"x-{i}", None, None, "running") for i in range(5)])
+    home = tmp_path / "home"
+    for i in range(5):  # each miss leaves finished journals behind
+        done = cli(
+            "hook",
+            home=home,
+            url=database_url,
+            stdin=b'{"session_id": "s"}',
+            RECONCILE_EXECUTOR_ID=f"x-{i}",
+            RECONCILE_COMPACT_THRESHOLD="2",
+        )
+        assert (done.returncode, done.stdout) == (0, b"")
+        wait_settled(home)
+    deadline = time.monotonic() + 180
+    while not (home / "snapshot").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (home / "snapshot").exists()  # a detached compactor ran
+    wait_idle(home)
+    assert len(journal.load(home)) == 5  # and lost nothing
+    assert all(r.type == "session.reconciled" for r in journal.load(home).values())
+    assert query(database_url, "SELECT count(*) FROM executors WHERE claude_session_id = 's'")[
+        0
+    ] == (5,)

@@ -1,0 +1,280 @@
+"""The journal as an outbox: hooks never wait on the database, one reconciler settles.
+
+Real hook processes, real reconcilers (detached, as Claude Code would leave them), a
+real PostgreSQL, real SIGKILLs. No verdict depends on how fast the machine is: where a
+reconciler must be kept from starting, the test holds ``reconcile.lock`` itself.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from reconcile_helpers import (
+    audit_rows,
+    clean_env,
+    hook_process,
+    query,
+    run_hook,
+    seed,
+    session_of,
+    wait_settled,
+)
+
+import journal
+import reconcile
+from reconcile import Settings, database_activity, migrate
+
+
+@pytest.fixture
+def db(database_url: str) -> str:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        migrate(conn)
+    return database_url
+
+
+def executors(db: str, n: int) -> None:
+    seed(db, [], [(f"e-{i}", None, f"old-{i}", "running") for i in range(n)])
+
+
+def hold_lock(home: Path) -> int:
+    """Hold ``reconcile.lock`` as a reconciler would: hooks start none meanwhile."""
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(home / "reconcile.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def connections(db: str) -> int:
+    name = conninfo_to_dict(db)["dbname"]
+    with psycopg.connect(make_conninfo(db, dbname="postgres"), autocommit=True) as probe:
+        return database_activity(probe, name)[1]
+
+
+def refused_url() -> str:
+    """A URL whose port nothing listens on: connections are refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"postgresql://postgres@127.0.0.1:{port}/gone"
+
+
+def lines(home: Path) -> list[journal.Record]:
+    return list(journal.history(home))
+
+
+def test_a_burst_of_misses_is_settled_over_one_connection(tmp_path: Path, db: str):
+    n = 64
+    executors(db, n)
+    home = tmp_path / "home"
+    before = connections(db)
+    lock = hold_lock(home)  # a reconciler "runs": the hooks only journal
+    procs = [
+        hook_process(home, db, {"session_id": f"new-{i}"}, RECONCILE_EXECUTOR_ID=f"e-{i}")
+        for i in range(n)
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert (proc.returncode, out, err) == (0, b"", b"")
+    assert connections(db) == before  # no hook touched the database
+    assert [r.type for r in lines(home)] == ["session.observed"] * n
+    os.close(lock)  # it "died" without settling: the next hook starts one
+    run_hook(home, db, {"session_id": "new-0"}, RECONCILE_EXECUTOR_ID="e-0")
+    wait_settled(home)
+    assert connections(db) - before == 1
+    assert query(db, "SELECT count(*) FROM executors WHERE claude_session_id LIKE 'new-%'") == [
+        (n,)
+    ]
+    assert len(audit_rows(db)) == n
+    assert reconcile.verify(Settings.from_env({}, home=home, database_url=db), db=True).ok
+
+
+def test_32_racing_hooks_on_one_executor_write_one_audit_row(tmp_path: Path, db: str):
+    executors(db, 1)
+    home = tmp_path / "home"
+    procs = [
+        hook_process(home, db, {"session_id": "s-new"}, RECONCILE_EXECUTOR_ID="e-0")
+        for _ in range(32)
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert (proc.returncode, out, err) == (0, b"", b"")
+    wait_settled(home)
+    assert [row[1] for row in audit_rows(db)] == ["session.reconciled"]
+    assert session_of(db, "e-0") == "s-new"
+
+
+def test_refusing_database_costs_one_line_and_a_backoff_then_heals_itself(tmp_path: Path, db: str):
+    executors(db, 1)
+    home = tmp_path / "home"
+    down = refused_url()
+    identity = {"RECONCILE_EXECUTOR_ID": "e-0", "RECONCILE_BACKOFF_MAX": "1"}
+    for _ in range(30):
+        run_hook(home, down, {"session_id": "s-new"}, **identity)
+    # One journal line for the (key, session) however many tool uses saw it.
+    assert [r.type for r in lines(home)] == ["session.observed"]
+    wait_idle(home)
+    settings = Settings.from_env({}, home=home, database_url=down)
+    status = reconcile.outbox_status(settings)
+    assert status["unsettled"] == 1
+    assert status["backoff"]["failures"] >= 1
+    assert "refused" in (status["last_error"] or "").lower()
+
+    # The database answers again: tool uses go on, nobody runs a command.
+    give_up = time.monotonic() + 180
+    while session_of(db, "e-0") != "s-new":
+        assert time.monotonic() < give_up, "never reconciled after the database came back"
+        run_hook(home, db, {"session_id": "s-new"}, **identity)
+        time.sleep(0.2)
+    wait_settled(home)
+    assert [row[1] for row in audit_rows(db)] == ["session.reconciled"]
+    after = reconcile.outbox_status(Settings.from_env({}, home=home, database_url=db))
+    assert (after["unsettled"], after["backoff"]["in_force"]) == (0, False)
+    assert after["last_error"] == status["last_error"]  # still shown, for the operator
+
+
+def test_silent_database_never_holds_the_hook_or_its_pipes(tmp_path: Path, db: str):
+    executors(db, 1)
+    home = tmp_path / "home"
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # accepts TCP, never answers the PostgreSQL handshake
+    silent = f"postgresql://postgres@127.0.0.1:{listener.getsockname()[1]}/d"
+    try:
+        env = clean_env(
+            RECONCILE_HOME=str(home),
+            RECONCILE_DATABASE_URL=silent,
+            RECONCILE_EXECUTOR_ID="e-0",
+            RECONCILE_CONNECT_TIMEOUT="600",  # the reconciler waits "forever"
+        )
+        proc = subprocess.Popen(
+            [*reconcile_command(), "hook"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        # communicate() returns once every holder of stdout and stderr closed them.
+        out, err = proc.communicate(json.dumps({"session_id": "s"}).encode(), timeout=300)
+        assert (proc.returncode, out, err) == (0, b"", b"")
+        # ... while the reconciler it started is still waiting for the database.
+        wait_for(lambda: lock_held(home), "no reconciler started")
+        assert lock_held(home)
+    finally:
+        listener.close()  # the reconciler's connection fails now, and it exits
+    wait_idle(home)
+    assert [r.type for r in lines(home)] == ["session.observed"]
+
+
+def test_sigkilled_reconcilers_lose_nothing_and_duplicate_no_audit_row(tmp_path: Path, db: str):
+    n = 150
+    executors(db, n)
+    home = tmp_path / "home"
+    lock = hold_lock(home)
+    for i in range(n):
+        run_hook(home, db, {"session_id": f"new-{i}"}, RECONCILE_EXECUTOR_ID=f"e-{i}")
+    os.close(lock)
+    rng = random.Random(1234)
+    env = clean_env(RECONCILE_HOME=str(home), RECONCILE_DATABASE_URL=db)
+    code = "import reconcile; reconcile.settle_pending(reconcile.Settings.from_env(), wait_s=60)"
+    killed = 0
+    for _ in range(12):
+        proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+        try:
+            proc.wait(timeout=rng.uniform(0.05, 1.5))
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            killed += 1
+    settings = Settings.from_env({}, home=home, database_url=db)
+    reconcile.settle_pending(settings, wait_s=60)  # the next one takes over
+    assert reconcile.unsettled(str(home)) == []
+    assert query(db, "SELECT count(*) FROM executors WHERE claude_session_id LIKE 'new-%'") == [
+        (n,)
+    ]
+    rows = audit_rows(db)
+    assert sorted(r[3]["new_session_id"] for r in rows) == sorted(f"new-{i}" for i in range(n))
+    assert all(r[1] == "session.reconciled" for r in rows)
+    print(f"{killed} of 12 reconcilers killed mid-run")
+
+
+def test_sync_mode_updates_the_row_before_the_hook_exits(tmp_path: Path, db: str):
+    executors(db, 1)
+    home = tmp_path / "home"
+    run_hook(home, db, {"session_id": "s-now"}, RECONCILE_EXECUTOR_ID="e-0", RECONCILE_SYNC="1")
+    assert session_of(db, "e-0") == "s-now"
+    assert [r.type for r in lines(home)] == ["session.observed", "session.reconciled"]
+
+
+def test_a_bad_old_pending_record_does_not_block_the_rest(tmp_path: Path, db: str):
+    executors(db, 2)
+    home = tmp_path / "home"
+    identity = {"executor_id": "e-0", "agent_id": None, "agent_name": None, "team": None}
+    with journal.Writer(home) as writer:  # as 0.1 journaled an outage, and a damaged one
+        writer.append(
+            "executor:bad",
+            {"identity": {**identity, "executor_id": "e\x00"}, "session_id": "s"},
+            "session.pending",
+        )
+        writer.append(
+            "executor:e-0", {"identity": identity, "session_id": "s-0"}, "session.pending"
+        )
+        writer.append(
+            "executor:e-1",
+            {"identity": {**identity, "executor_id": "e-1"}, "session_id": "s-1"},
+            "session.pending",
+        )
+    settings = Settings.from_env({}, home=home, database_url=db)
+    report = reconcile.replay_to_db(settings)
+    assert report.outcomes == {"rejected": 1, "reconciled": 2}
+    assert (session_of(db, "e-0"), session_of(db, "e-1")) == ("s-0", "s-1")
+    assert reconcile.replay_to_db(settings).outcomes == {}
+    assert journal.load(home)["executor:bad"].type == "session.rejected"
+
+
+def test_no_identity_the_database_knows_is_asked_once_per_ttl(tmp_path: Path, db: str):
+    home = tmp_path / "home"
+    before = connections(db)
+    for _ in range(5):
+        run_hook(home, db, {"session_id": "s"}, RECONCILE_AGENT_ID="nobody")
+        wait_settled(home)
+    assert connections(db) - before == 1
+    assert [r.type for r in lines(home)] == ["session.observed", "session.unresolved"]
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def reconcile_command() -> list[str]:
+    from reconcile_helpers import reconcile_command as command
+
+    return command()
+
+
+def lock_held(home: Path) -> bool:
+    from reconcile_helpers import _held
+
+    return _held(home / "reconcile.lock")
+
+
+def wait_for(condition: object, message: str, deadline_s: float = 180.0) -> None:
+    give_up = time.monotonic() + deadline_s
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < give_up, message
+        time.sleep(0.05)
+
+
+def wait_idle(home: Path) -> None:
+    """Until no reconciler runs (with the database away, it leaves a backoff)."""
+    wait_for(lambda: not lock_held(home), "a reconciler kept running")
