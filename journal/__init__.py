@@ -11,7 +11,7 @@ module: ``import journal`` costs nothing until a name is used.
 
 from __future__ import annotations
 
-import importlib
+import sys
 
 TYPE_CHECKING = False  # not from typing: importing it costs the hit path milliseconds
 
@@ -78,7 +78,8 @@ def __getattr__(name: str) -> object:
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'journal' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"journal.{module}"), name)
+    __import__(f"journal.{module}")  # not importlib: that costs the hook half a millisecond
+    value = getattr(sys.modules[f"journal.{module}"], name)
     globals()[name] = value
     return value
 

@@ -13,7 +13,7 @@ attrs, structlog and psycopg only where it needs them.
 
 from __future__ import annotations
 
-import importlib
+import sys
 
 TYPE_CHECKING = False
 
@@ -151,7 +151,8 @@ def __getattr__(name: str) -> object:
     if where is None:
         raise AttributeError(f"module 'reconcile' has no attribute {name!r}")
     module, attribute = where
-    value = getattr(importlib.import_module(f"reconcile.{module}"), attribute)
+    __import__(f"reconcile.{module}")  # not importlib: that costs the hook half a millisecond
+    value = getattr(sys.modules[f"reconcile.{module}"], attribute)
     globals()[name] = value
     return value
 

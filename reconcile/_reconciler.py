@@ -40,6 +40,7 @@ from reconcile._store import connect, decide
 BACKOFF_BASE_S = 1.0
 _IDENTITY_FIELDS = ("executor_id", "agent_id", "agent_name", "team")
 _LOCK_POLL_S = 0.01
+_LINGER_POLL_S = 0.05
 
 
 @attrs.frozen
@@ -74,7 +75,7 @@ def run_reconciler(argv: Sequence[str]) -> int:
             configure(Settings(home=default_home(os.environ)))
             raise
         configure(settings)
-        settle_pending(settings, lock_fd=lock_fd)
+        settle_pending(settings, lock_fd=lock_fd, linger_s=settings.linger_s)
     except BaseException as exc:  # a detached process: the log is its only voice
         get_logger().error("reconciler.failed", error=f"{type(exc).__name__}: {exc}"[:500])
     return 0
@@ -101,66 +102,121 @@ def settle_pending(
     *,
     lock_fd: int | None = None,
     wait_s: float = 0.0,
+    linger_s: float = 0.0,
     ignore_backoff: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> ReconcileReport:
     """Settle every unsettled observation of ``settings.home``; see the module docstring.
 
     ``lock_fd``: ``reconcile.lock``, already held (a hook handed it over). Otherwise the
-    lock is taken, waiting up to ``wait_s`` for a running reconciler. ``ignore_backoff``:
-    try the database even inside a backoff window (the foreground commands do).
+    lock is taken, waiting up to ``wait_s`` for a running reconciler. ``linger_s``: keep
+    the lock and the connection that long after the last settlement, settling whatever
+    new observations arrive meanwhile (a burst of hooks spread over seconds then costs
+    one connection, not one each). ``ignore_backoff``: try the database even inside a
+    backoff window (the foreground commands do).
     """
-    home = str(settings.home)
-    log = get_logger()
-    outcomes: dict[str, int] = {}
-    tried: set[str] = set()  # observations attempted here: never loop on one
-    conn_cm: Any = None
-    conn: Any = None
-    report = ReconcileReport(outcomes)
+    run = _Run(settings, progress)
     try:
         while True:
-            fd = lock_fd if lock_fd is not None else _lock(home, wait_s)
+            fd = lock_fd if lock_fd is not None else _lock(run.home, wait_s)
             lock_fd = None
             if fd is None:
-                return attrs.evolve(report, busy=not outcomes)
+                return attrs.evolve(run.report, busy=not run.outcomes)
             try:
-                if not ignore_backoff and _backoff_until(home) > time.time():
-                    return attrs.evolve(report, backoff=True)
-                todo = [r for r in unsettled(home) if r.id not in tried]
-                if todo and conn is None:
-                    try:
-                        conn_cm = connect(settings, application="reconcile-reconciler")
-                        conn = conn_cm.__enter__()
-                    except DatabaseUnavailableError as exc:
-                        conn_cm = None
-                        record_failure(settings, str(exc))
-                        log.warning("reconciler.backoff", error=str(exc), unsettled=len(todo))
-                        return attrs.evolve(report, backoff=True, error=str(exc))
-                with journal.Writer(home, fsync=settings.fsync) as writer:
-                    for index, record in enumerate(todo):
-                        tried.add(record.id)
-                        if progress is not None:
-                            progress(index, len(todo))
-                        try:
-                            kind = settle_one(settings, conn, writer, record)
-                        except DatabaseUnavailableError as exc:
-                            record_failure(settings, str(exc))
-                            log.warning("reconciler.backoff", error=str(exc))
-                            return attrs.evolve(report, backoff=True, error=str(exc))
-                        outcomes[kind] = outcomes.get(kind, 0) + 1
-                if todo:
-                    record_success(settings)
+                if not ignore_backoff and _backoff_until(run.home) > time.time():
+                    return attrs.evolve(run.report, backoff=True)
+                if not run.settle_all():
+                    return run.report
+                run.linger(linger_s)
+                if run.error is not None:
+                    return run.report
             finally:
                 os.close(fd)  # released: a hook from now on may start a reconciler
             # Look once more, lock released: whatever was appended while it was held
             # had no reconciler started for it.
-            if not any(r.id not in tried for r in unsettled(home)):
-                return report
+            if not run.todo():
+                return run.report
     finally:
-        if conn_cm is not None:
-            conn_cm.__exit__(None, None, None)
-        if outcomes:
-            log.info("reconciler.done", **outcomes)
+        run.close()
+
+
+class _Run:
+    """One reconciler's work: its connection (opened on first need), what it tried."""
+
+    def __init__(self, settings: Settings, progress: Callable[[int, int], None] | None):
+        self.settings = settings
+        self.home = str(settings.home)
+        self.progress = progress
+        self.outcomes: dict[str, int] = {}
+        self.tried: set[str] = set()  # observations attempted here: never loop on one
+        self.error: str | None = None
+        self._conn_cm: Any = None
+        self._conn: Any = None
+        self._log = get_logger()
+
+    @property
+    def report(self) -> ReconcileReport:
+        return ReconcileReport(
+            dict(self.outcomes), backoff=self.error is not None, error=self.error
+        )
+
+    def todo(self) -> list[journal.Record]:
+        return [r for r in unsettled(self.home) if r.id not in self.tried]
+
+    def settle_all(self) -> bool:
+        """Settle what waits now; False if the database failed (a backoff is recorded)."""
+        todo = self.todo()
+        if not todo:
+            return True
+        try:
+            if self._conn is None:
+                self._conn_cm = connect(self.settings, application="reconcile-reconciler")
+                self._conn = self._conn_cm.__enter__()
+            with journal.Writer(self.home, fsync=self.settings.fsync) as writer:
+                for index, record in enumerate(todo):
+                    self.tried.add(record.id)
+                    if self.progress is not None:
+                        self.progress(index, len(todo))
+                    kind = settle_one(self.settings, self._conn, writer, record)
+                    self.outcomes[kind] = self.outcomes.get(kind, 0) + 1
+        except DatabaseUnavailableError as exc:
+            self.error = str(exc)
+            record_failure(self.settings, self.error)
+            self._log.warning("reconciler.backoff", error=self.error, unsettled=len(todo))
+            return False
+        record_success(self.settings)
+        return True
+
+    def linger(self, seconds: float) -> None:
+        """Settle new observations until none has come for ``seconds``. Each hook that
+        observes creates a journal file, so a change of the journal directory's mtime is
+        the cheap sign to look again."""
+        if seconds <= 0:
+            return
+        directory = os.path.join(self.home, "journal")
+        seen = _mtime(directory)
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < seconds:
+            time.sleep(_LINGER_POLL_S)
+            now = _mtime(directory)
+            if now != seen:
+                seen = now
+                if not self.settle_all():
+                    return
+                quiet_since = time.monotonic()
+
+    def close(self) -> None:
+        if self._conn_cm is not None:
+            self._conn_cm.__exit__(None, None, None)
+        if self.outcomes:
+            self._log.info("reconciler.done", **self.outcomes)
+
+
+def _mtime(path: str) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return 0
 
 
 def unsettled(home: str) -> list[journal.Record]:

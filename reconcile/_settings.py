@@ -62,6 +62,7 @@ class Settings:
         default=30.0, validator=_positive, **_env("RECONCILE_BACKOFF_MAX", float)
     )
     sync: bool = attrs.field(default=False, **_env("RECONCILE_SYNC", _bool))
+    linger_s: float = attrs.field(default=2.0, **_env("RECONCILE_LINGER", float))
     compact_threshold: int = attrs.field(
         default=64, validator=_positive, **_env("RECONCILE_COMPACT_THRESHOLD", int)
     )

@@ -1,0 +1,90 @@
+"""What the hook's hit path imports, in a fresh interpreter, as installed.
+
+The hit path runs on every Claude Code event it is wired to, so what it imports is its
+cost (docs/performance.md). This runs the installed ``reconcile`` script exactly as the
+shell would (``python -S``, see bin/reconcile) on a hit, and compares ``sys.modules`` at
+exit with that of an interpreter that ran nothing: the difference is the hit path.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from reconcile_helpers import clean_env
+
+import journal
+
+# Ours, exactly: the layers' public faces and the hit path's modules, nothing else.
+OURS = {
+    "cli",
+    "cli.__main__",
+    "cli._hook",
+    "reconcile",
+    "reconcile._fast",
+    "journal",
+    "journal._codec",
+    "journal._errors",
+    "journal._hit",
+    "journal._json",
+    "journal._layout",
+    "journal._scan",
+}
+# The standard library's: os (which ``site`` would have loaded) and small C modules.
+STDLIB_ALLOWED = {
+    *("os", "os.path", "posixpath", "genericpath", "_collections_abc", "stat", "_stat"),
+    *("__future__", "_json", "fcntl", "time", "zlib"),
+}
+FORBIDDEN = {"attrs", "structlog", "psycopg", "argparse", "typing", "pathlib", "json", "re"}
+
+_DUMP = """
+import atexit, sys
+atexit.register(lambda: sys.__stderr__.write("MODULES " + " ".join(sorted(sys.modules)) + "\\n"))
+"""
+_RUN = """
+script = sys.argv[1]
+sys.argv = [script, "hook"]
+exec(compile(open(script).read(), script, "exec"), {"__name__": "__main__", "__file__": script})
+"""
+
+
+def modules(argv: list[str], env: dict[str, str], stdin: bytes = b"") -> set[str]:
+    done = subprocess.run(argv, input=stdin, capture_output=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b""
+    [line] = [x for x in done.stderr.decode().splitlines() if x.startswith("MODULES ")]
+    return set(line.split()[1:])
+
+
+def test_the_hit_path_imports_only_its_own_modules(tmp_path: Path):
+    script = Path(sys.executable).with_name("reconcile")
+    if not script.exists():
+        pytest.skip("no installed `reconcile` script beside this interpreter")
+    python = script.with_name("python")
+    with journal.Writer(tmp_path) as writer:  # the entry a settled miss left behind
+        writer.append(
+            "executor:e-1", {"executor_id": "e-1", "session_id": "s-1"}, "session.confirmed"
+        )
+    env = clean_env(RECONCILE_HOME=str(tmp_path), RECONCILE_EXECUTOR_ID="e-1")
+    env.pop("PYTHONPATH", None)
+    baseline = modules([str(python), "-S", "-c", _DUMP], env)
+    payload = json.dumps({"session_id": "s-1", "hook_event_name": "PreToolUse"}).encode()
+    hook = modules([str(python), "-S", "-c", _DUMP + _RUN, str(script)], env, payload)
+    assert len(list(journal.history(tmp_path))) == 1  # it was a hit: nothing written
+    added = hook - baseline
+    assert {m for m in added if m.split(".")[0] in ("cli", "reconcile", "journal")} == OURS
+    stdlib = {m for m in added if m.split(".")[0] not in ("cli", "reconcile", "journal")}
+    assert stdlib <= STDLIB_ALLOWED, stdlib - STDLIB_ALLOWED
+    assert not {m.split(".")[0] for m in hook} & FORBIDDEN
+
+
+def test_the_installed_script_runs_the_hook_without_site():
+    script = Path(sys.executable).with_name("reconcile")
+    if not script.exists():
+        pytest.skip("no installed `reconcile` script beside this interpreter")
+    lines = script.read_text().splitlines()
+    assert lines[0] == "#!/bin/sh"  # pip left our shell line alone
+    assert any('exec "$here/python" -S' in line for line in lines[:8])
