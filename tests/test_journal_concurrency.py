@@ -4,7 +4,6 @@ after a final compaction every one of the 5,120 appends is in the folded state."
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -37,7 +36,6 @@ def _compactor(home: Path, stop: Path, out: int) -> None:
 @pytest.mark.parametrize("compacting", [False, True], ids=["writers-alone", "with-compactor"])
 def test_256_writers_lose_no_append(tmp_path, compacting):
     home, stop = tmp_path / "home", tmp_path / "stop"
-    started = time.monotonic()
     compactor = out_r = None
     if compacting:
         out_r, out_w = os.pipe()
@@ -68,4 +66,3 @@ def test_256_writers_lose_no_append(tmp_path, compacting):
     assert len(os.listdir(home / "archive")) == PROCESSES  # one journal per process
     assert sum(1 for _ in journal.history(home)) == 5120
     assert journal.latest(home, "w128-10")["data"] == {"w": 128, "j": 10}
-    assert time.monotonic() - started < 60

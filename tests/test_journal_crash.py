@@ -88,20 +88,18 @@ def _check(home: Path, reported: list[str]) -> None:
 
 def test_sigkill_writers_at_random_instants(tmp_path):
     rng = random.Random(1124)
-    started = time.monotonic()
-    appended = []
     for trial in range(120):
         home = tmp_path / f"w{trial}"
         r, w = os.pipe()
         pid = fork(lambda h=home, w=w, t=trial: _appender(h, w, t % 3 == 0, t))
         os.close(w)
-        time.sleep(rng.uniform(0, 0.015))
+        # Mid-stream whatever the machine's speed: once the first append returned.
+        first = os.read(r, 37)
+        time.sleep(rng.uniform(0, 0.005))
         assert kill(pid) == -signal.SIGKILL
-        reported = reported_ids(drain(r))
+        reported = reported_ids(first + drain(r))
+        assert reported, "the writer reported no append before it was killed"
         _check(home, reported)
-        appended.append(len(reported))
-    assert sum(n > 0 for n in appended) > 60  # most kills landed mid-stream, not before it
-    assert time.monotonic() - started < 30
 
 
 def test_sigkill_writers_and_compactor_together(tmp_path):

@@ -88,9 +88,7 @@ def test_up_status_down_up_and_the_data_survives(home):
         conn.execute("CREATE TABLE kept (v text)")
         conn.execute("INSERT INTO kept VALUES ('before down')")
 
-    started = time.monotonic()
-    assert _server.up(home) == url  # idempotent, and cheap when running
-    assert time.monotonic() - started < 0.5
+    assert _server.up(home) == url  # idempotent: the same server, not a new one
     assert _server.status(home).pid == status.pid
 
     assert _server.down(home) is True
