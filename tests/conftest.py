@@ -1,4 +1,10 @@
-"""The suite's PostgreSQL: one server per test session, one fresh database per test.
+"""The suite's set-up: what it imports, and its PostgreSQL.
+
+The tests import the *installed* packages (``--import-mode=importlib`` in pyproject.toml,
+and the checkout taken off ``sys.path`` below), so CI tests what pip installed; the
+helper modules beside this file are importable by name.
+
+PostgreSQL: one server per test session, one fresh database per test.
 
 The embedded server (``reconcile._server``) is started once, in a temporary state
 directory, and stopped at the end. With ``RECONCILE_TEST_DATABASE_URL`` set to an admin
@@ -11,15 +17,28 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
-import pytest
-from psycopg.conninfo import make_conninfo
+_TESTS = Path(__file__).resolve().parent
+_CHECKOUT = _TESTS.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _CHECKOUT]
+sys.path.insert(0, str(_TESTS))
+
+# After the path is set: nothing of ours may be imported from the checkout.
+import psycopg  # noqa: E402
+import pytest  # noqa: E402
+from psycopg.conninfo import make_conninfo  # noqa: E402
 
 _numbers = itertools.count()
+
+
+def pytest_report_header() -> str:
+    import journal
+
+    return f"session-reconcile from {Path(journal.__file__).parent.parent}"
 
 
 @pytest.fixture(scope="session")

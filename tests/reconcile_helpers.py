@@ -25,7 +25,6 @@ def reconcile_command() -> list[str]:
 def clean_env(**extra: str) -> dict[str, str]:
     """The test process's environment without any identity or RECONCILE_ variable."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RECONCILE_", "GENIE_"))}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra)
     return env
 
