@@ -44,8 +44,8 @@ def latest(home: StrPath, key: str) -> dict[str, Any] | None:
         return None  # absurdly large: not ours to trust on the hit path
     if snapshot:
         header, _, body = snapshot.partition(b"\n")
-        floor = _intact_floor(header, body)
-        if floor is False:
+        intact, floor = _check_snapshot(header, body)
+        if not intact:
             return None
     elif list_files(os.path.join(home, ARCHIVE_DIR), JOURNAL_SUFFIX):
         return None  # the snapshot is gone but history was archived: do not guess
@@ -60,18 +60,18 @@ def latest(home: StrPath, key: str) -> dict[str, Any] | None:
     return None if best is None or best["data"] is None else best
 
 
-def _intact_floor(header: bytes, body: bytes) -> tuple[str, str] | bool | None:
-    """The snapshot's eviction floor, or False unless the snapshot is intact: its header
-    parses and its entry count and CRC match the body (a CRC of ~300 KB: ~30 us)."""
+def _check_snapshot(header: bytes, body: bytes) -> tuple[bool, tuple[str, str] | None]:
+    """Whether the snapshot is intact (its header parses, and its entry count and CRC
+    match the body: a CRC of ~300 KB costs ~30 us), and its eviction floor."""
     try:
         parsed = parse_json(header)
     except (ValueError, RecursionError):
-        return False
+        return False, None
     if (
         not isinstance(parsed, dict)
         or parsed.get("snapshot") != 1
         or parsed.get("entries") != body.count(b"\n")
         or parsed.get("crc") != f"{zlib.crc32(body):08x}"
     ):
-        return False
-    return floor_of(parsed)
+        return False, None
+    return True, floor_of(parsed)

@@ -41,7 +41,7 @@ def ensure_dir(path: StrPathT) -> StrPathT:
         parent = os.path.dirname(os.path.abspath(path))
         if parent == os.path.abspath(path):
             raise UnsafePathError(f"{path} cannot be created") from None
-        ensure_dir(parent)  # type: ignore[arg-type]
+        ensure_dir(parent)
         return ensure_dir(path)
     except FileExistsError:
         pass  # a directory (fine), a file or a dangling symlink (refused below)

@@ -15,7 +15,7 @@ from journal._layout import READ_FLAGS
 
 TYPE_CHECKING = False  # typing costs milliseconds on the hit path; checkers see True
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
     from typing import Any
 
     from journal._layout import StrPath
@@ -98,7 +98,7 @@ def scan_stream(stream: Any, *, finished: bool, needle: bytes | None = None) -> 
             return  # a live writer's line in progress
 
 
-def lookup(files: list[StrPath], key: str) -> dict[str, Any] | None:
+def lookup(files: Sequence[StrPath], key: str) -> dict[str, Any] | None:
     """The latest raw record for ``key`` in ``files`` (tombstones included), or None.
 
     The hit path: each file is read whole and searched for the key's bytes; only the
@@ -109,6 +109,7 @@ def lookup(files: list[StrPath], key: str) -> dict[str, Any] | None:
     best: dict[str, Any] | None = None
     for path in files:
         data = read_all(path)
+        records: Iterator[dict[str, Any] | None]
         if data is None:  # too large to hold: stream it line by line instead
             records = (line.record for line in scan(path, finished=False, needle=needle))
         else:

@@ -172,7 +172,7 @@ def observe(env: Mapping[str, str], payload: Mapping[str, Any]) -> Observation |
         values["executor_id"] or values["agent_id"] or (values["agent_name"] and values["team"])
     ):
         return "missing_identity"
-    return Observation(session_id, **values)  # type: ignore[arg-type]
+    return Observation(session_id, **values)
 
 
 def parse_payload(raw: bytes) -> dict[str, Any] | str:

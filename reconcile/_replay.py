@@ -51,7 +51,8 @@ def events(
 def _executor_of(record: journal.Record) -> str | None:
     data = record.data or {}
     if "executor_id" in data:
-        return data["executor_id"]
+        found = data["executor_id"]
+        return found if isinstance(found, str) else None
     identity = data.get("identity")
     return identity.get("executor_id") if isinstance(identity, dict) else None
 
