@@ -22,7 +22,7 @@ from reconcile import Settings, migrate, observe, reconcile_session, settle
 @pytest.fixture
 def db(database_url: str) -> str:
     with psycopg.connect(database_url, autocommit=True) as conn:
-        migrate(conn)
+        migrate(conn, create_tables=True)
     seed(
         database_url,
         agents=[
