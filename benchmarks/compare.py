@@ -26,7 +26,8 @@ import journal
 from benchmarks._harness import interleaved, machine, percentile, run_child
 from journal._codec import Clock, encode
 from journal._fold import apply, trim
-from reconcile._store import database_activity, migrate
+from reconcile import migrate
+from reconcile._store import database_activity
 
 __all__ = [
     "COMPACT_THRESHOLD",
@@ -78,7 +79,7 @@ class Bench:
             conn.execute(f"CREATE DATABASE {name}")
         url = make_conninfo(self.admin_url, dbname=name)
         with psycopg.connect(url, autocommit=True) as conn:
-            migrate(conn)
+            migrate(conn, create_tables=True)
             with conn.cursor() as cur:
                 cur.executemany(
                     "INSERT INTO agents VALUES (%s, %s, 'bench', %s)",

@@ -122,7 +122,7 @@ def prepare(admin_url: str, executors: int) -> str:
         conn.execute(f"CREATE DATABASE {DATABASE}")
     url = make_conninfo(admin_url, dbname=DATABASE)
     with psycopg.connect(url, autocommit=True) as conn:
-        reconcile.migrate(conn)
+        reconcile.migrate(conn, create_tables=True)
         with conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO executors (id, state) VALUES (%s, 'running')",

@@ -24,9 +24,9 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 import journal
-from reconcile import Settings, configure_logging, settle
+from reconcile import Settings, configure_logging, migrate, settle
 from reconcile._fast import observe
-from reconcile._store import database_activity, migrate
+from reconcile._store import database_activity
 
 DATABASE = "reconcile_miss_bench"
 
@@ -57,7 +57,7 @@ def prepare(admin_url: str) -> str:
         conn.execute(f"CREATE DATABASE {DATABASE}")
     url = make_conninfo(admin_url, dbname=DATABASE)
     with psycopg.connect(url, autocommit=True) as conn:
-        migrate(conn)
+        migrate(conn, create_tables=True)
         conn.execute("INSERT INTO agents VALUES ('a-new', 'new', 'bench', 'e-new')")
         conn.execute("INSERT INTO agents VALUES ('a-old', 'old', 'bench', 'e-old')")
         conn.execute(

@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("db", _commands.db, "the database: migrate|up|down|status|url")
     p.add_argument("action", choices=["migrate", "up", "down", "status", "url"])
+    p.add_argument(
+        "--create-tables",
+        action="store_true",
+        help="(migrate) the database is this tool's own: create the orchestrator's tables",
+    )
     p.add_argument("--json", action="store_true")
 
     p = command("install-hooks", _install.run, "add the hook to Claude Code's settings.json")

@@ -89,6 +89,7 @@ def status(args: Any, settings: Settings) -> int:
                 f"({'reachable' if database['reachable'] else 'unreachable'}"
                 f"{': ' + database['error'] if database.get('error') else ''})",
             ),
+            *([("schema", _schema_text(database["schema"]))] if "schema" in database else []),
         ]
     )
     return 0
@@ -109,9 +110,23 @@ def _database_status(settings: Settings) -> dict[str, Any]:
     try:
         with connect(settings, application="reconcile-status") as conn:
             version = ping(conn)
+            schema = reconcile.schema_state(conn)
     except reconcile.DatabaseUnavailableError as exc:
         return {"url": redact_url(url), "reachable": False, "error": str(exc)}
-    return {"url": redact_url(url), "reachable": True, "server_version": version}
+    return {
+        "url": redact_url(url),
+        "reachable": True,
+        "server_version": version,
+        "schema": schema.to_dict(),
+    }
+
+
+def _schema_text(schema: dict[str, Any]) -> str:
+    """``current``, or what is wrong and what to run."""
+    if schema["state"] == "current":
+        return "current"
+    hint = " (run `reconcile db migrate`)" if schema["state"] == "drifted" else ""
+    return f"{schema['state'].replace('_', ' ')}: {'; '.join(schema['problems'])}{hint}"
 
 
 def show(args: Any, settings: Settings) -> int:
@@ -219,8 +234,6 @@ def verify(args: Any, settings: Settings) -> int:
 
 
 def db(args: Any, settings: Settings) -> int:
-    from reconcile._store import connect, migrate
-
     embedded = not settings.database_url
     if args.action in ("up", "down") and not embedded:
         raise reconcile.ConfigError(
@@ -232,6 +245,8 @@ def db(args: Any, settings: Settings) -> int:
         from reconcile import _server
     if args.action == "up":
         result = {"url": _server.up(settings.home), "running": True}
+        with reconcile.migration_connection(settings) as conn:  # the tool's own database
+            result["applied"] = reconcile.migrate(conn, create_tables=True)
     elif args.action == "down":
         result = {"stopped": _server.down(settings.home)}
     elif args.action == "url":
@@ -250,9 +265,10 @@ def db(args: Any, settings: Settings) -> int:
         result = _database_status(settings)
         if embedded:
             result["embedded"] = attrs.asdict(_server.status(settings.home))
-    else:
-        with connect(settings, application="reconcile-migrate") as conn:
-            result = {"applied": migrate(conn)}
+    else:  # the embedded database is the tool's own; elsewhere only with --create-tables
+        own = args.create_tables or embedded
+        with reconcile.migration_connection(settings) as conn:
+            result = {"applied": reconcile.migrate(conn, create_tables=own)}
     if args.json:
         emit_json(result)
     else:

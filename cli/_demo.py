@@ -98,11 +98,11 @@ def _demo_database(server_url: str) -> str:
 def _seed(settings: Settings, count: int) -> dict[int, tuple[str, str | None]]:
     """Agents with executors; every fifth one terminal, holding a recovery anchor.
     Returns agent -> (state, stored session id)."""
-    from reconcile._store import connect, migrate
+    from reconcile._store import connect
 
     seeded: dict[int, tuple[str, str | None]] = {}
     with connect(settings) as conn:
-        migrate(conn)
+        reconcile.migrate(conn, create_tables=True)
         with conn.transaction():
             for i in range(count):
                 terminal = i % 5 == 4

@@ -41,6 +41,8 @@ __all__ = [
     "ReconcileReport",
     "RejectedError",
     "ReplayReport",
+    "SchemaError",
+    "SchemaState",
     "ServerError",
     "ServerStatus",
     "Settings",
@@ -56,6 +58,7 @@ __all__ = [
     "get_logger",
     "handle",
     "migrate",
+    "migration_connection",
     "observe",
     "outbox_status",
     "parse_payload",
@@ -65,6 +68,7 @@ __all__ = [
     "replay_to_db",
     "resolve_url",
     "run_reconciler",
+    "schema_state",
     "server_binaries",
     "server_down",
     "server_status",
@@ -84,6 +88,7 @@ _WHERE = {
     "DatabaseUnavailableError": ("_errors", "DatabaseUnavailableError"),
     "ReconcileError": ("_errors", "ReconcileError"),
     "RejectedError": ("_errors", "RejectedError"),
+    "SchemaError": ("_errors", "SchemaError"),
     "ServerError": ("_errors", "ServerError"),
     **{
         name: ("_fast", name)
@@ -128,9 +133,12 @@ _WHERE = {
     "database_activity": ("_store", "database_activity"),
     "decide": ("_store", "decide"),
     "executor_sessions": ("_store", "executor_sessions"),
-    "migrate": ("_store", "migrate"),
     "ping": ("_store", "ping"),
     "resolve_url": ("_store", "resolve_url"),
+    "SchemaState": ("_schema", "SchemaState"),
+    "migrate": ("_schema", "migrate"),
+    "migration_connection": ("_schema", "migration_connection"),
+    "schema_state": ("_schema", "schema_state"),
     "ServerStatus": ("_server", "ServerStatus"),
     "server_binaries": ("_server", "binaries"),
     "server_down": ("_server", "down"),
@@ -168,6 +176,7 @@ if TYPE_CHECKING:
         DatabaseUnavailableError,
         ReconcileError,
         RejectedError,
+        SchemaError,
         ServerError,
     )
     from reconcile._fast import (
@@ -210,6 +219,7 @@ if TYPE_CHECKING:
         replay_to_db,
         verify,
     )
+    from reconcile._schema import SchemaState, migrate, migration_connection, schema_state
     from reconcile._server import ServerStatus
     from reconcile._server import binaries as server_binaries
     from reconcile._server import down as server_down
@@ -223,7 +233,6 @@ if TYPE_CHECKING:
         database_activity,
         decide,
         executor_sessions,
-        migrate,
         ping,
         resolve_url,
     )

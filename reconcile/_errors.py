@@ -19,5 +19,10 @@ class RejectedError(ReconcileError, ValueError):
     """The database refused an observation's values (say, a NUL in a text value)."""
 
 
+class SchemaError(ReconcileError):
+    """The database schema is not one this tool can work with, or a migration could not
+    finish (missing tables, busy tables, duplicate values); the message says what to do."""
+
+
 class ConfigError(ReconcileError, ValueError):
     """A setting from the environment or the command line is invalid."""

@@ -93,6 +93,17 @@ def valid_value(value: object) -> bool:
     )
 
 
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def is_uuid(value: str) -> bool:
+    """A UUID in its 36-character hyphenated form, any case (checked by hand: importing
+    ``uuid`` or ``re`` would cost the hit path more than the whole check)."""
+    return len(value) == 36 and all(
+        char == "-" if i in (8, 13, 18, 23) else char in _HEX for i, char in enumerate(value)
+    )
+
+
 class Observation:
     """What one hook saw: the live session id and who the agent is.
 
@@ -150,7 +161,8 @@ def observe(env: Mapping[str, str], payload: Mapping[str, Any]) -> Observation |
 
     Each identity value comes from ``RECONCILE_<X>``, else ``GENIE_<X>``, else (name and
     team only) the payload's ``teammate_name`` / ``team_name``. An agent id wins over a
-    name + team. Missing or malformed input is a reason string, never an error.
+    name + team; a ``GENIE_AGENT_ID`` that is not a UUID is ignored, as the orchestrator
+    ignores it. Missing or malformed input is a reason string, never an error.
     """
     session_id = payload.get("session_id")
     if session_id is None or session_id == "":
@@ -159,7 +171,11 @@ def observe(env: Mapping[str, str], payload: Mapping[str, Any]) -> Observation |
         return "invalid_session_id"
     values: dict[str, str | None] = {}
     for field, suffix, payload_field in _IDENTITY_VARS:
-        value: object = env.get("RECONCILE_" + suffix) or env.get("GENIE_" + suffix)
+        value: object = env.get("RECONCILE_" + suffix)
+        if not value:
+            genie = env.get("GENIE_" + suffix)
+            # The orchestrator ignores an agent id that is not a UUID (name + team then).
+            value = None if suffix == "AGENT_ID" and genie and not is_uuid(genie) else genie
         if not value and payload_field is not None:
             value = payload.get(payload_field)
         if value is None or value == "":

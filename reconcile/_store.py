@@ -1,6 +1,14 @@
-"""PostgreSQL: connecting within a deadline, the one-statement reconciliation, migrations.
+"""PostgreSQL: connecting within a deadline, the one-round-trip reconciliation.
 
 Only the miss path imports this module (psycopg costs more than a whole hit).
+
+Every connection must work through PgBouncer in transaction pooling mode, where
+consecutive transactions of one client may run on different server connections. So
+nothing here relies on session state: no startup ``options`` (PgBouncer refuses them),
+no ``SET`` outside a transaction (it would leak to other clients), no server-side
+prepared statements (``prepare_threshold=None``). Timeouts are set per transaction with
+``set_config(..., true)``. Migrations, which need session state, have a connection of
+their own (:mod:`reconcile._schema`).
 """
 
 from __future__ import annotations
@@ -10,7 +18,6 @@ import signal
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from importlib import resources
 from typing import Any
 
 import attrs
@@ -23,29 +30,56 @@ from reconcile._settings import Settings, redact_url
 TERMINAL_STATES = ("done", "error", "terminated")
 RECOVERY_ANCHOR = "terminal_executor_is_recovery_anchor"
 
-# The whole decision of DESIGN §6 in one statement, so a miss costs one round trip and
-# one transaction: resolve the executor (named, or the agent's current one), lock its row,
-# decide, update it and write the audit row carrying the journal event's id.
-# Racing forks serialise on FOR UPDATE; under READ COMMITTED the waiting one re-reads the
-# row as committed by the winner, sees its own session id and confirms: exactly one
-# session.reconciled per rotation.
-RECONCILE_SQL = """
-WITH agent AS (
-    SELECT a.current_executor_id
-    FROM agents a
-    WHERE %(executor_id)s::text IS NULL
-      AND CASE WHEN %(agent_id)s::text IS NOT NULL THEN a.id = %(agent_id)s
-               ELSE a.custom_name = %(agent_name)s AND a.team = %(team)s END
-    ORDER BY a.id
-    LIMIT 1
-), target AS (
+# The executor an observation names, else its agent's current one (by agent id, else by
+# name + team). Shared by the two statements below.
+_RESOLVE = """
+    COALESCE(%(executor_id)s::text, (
+        SELECT a.current_executor_id
+        FROM agents a
+        WHERE %(executor_id)s::text IS NULL
+          AND CASE WHEN %(agent_id)s::text IS NOT NULL THEN a.id = %(agent_id)s
+                   ELSE a.custom_name = %(agent_name)s AND a.team = %(team)s END
+        ORDER BY a.id
+        LIMIT 1))
+"""
+
+# The reconciliation, sent as ONE query string: one round trip, one transaction (a
+# multi-statement simple query runs as one implicit transaction; through PgBouncer it
+# stays on one server connection). Parameters are bound client-side (ClientCursor).
+#
+# 1. The timeouts of this transaction only.
+# 2. Resolve the executor and lock its row (FOR NO KEY UPDATE: it does not block the
+#    foreign-key checks of an orchestrator's rows that reference executors); keep its id
+#    in a transaction-local setting for statement 3.
+# 3. The whole decision: confirm, preserve a divergence, or update the row and write the
+#    audit row carrying the journal event's id.
+#
+# Why the lock is a statement of its own: under READ COMMITTED each statement reads from
+# a snapshot taken when it starts. Racing settlements (other hosts) serialise on the row
+# lock; taken by statement 2, it is held before statement 3 starts, so statement 3 sees
+# whatever the previous holder committed: its session id (so it confirms: exactly one
+# session.reconciled per rotation) and its audit rows (so a divergence already audited
+# for the same stored/live pair is not audited again, on any host, however often it is
+# revalidated). Within a single statement the NOT EXISTS below would read the snapshot
+# taken before the wait and miss the winner's row.
+RECONCILE_SQL = (
+    """
+SELECT set_config('statement_timeout', %(timeout_ms)s, true),
+       set_config('lock_timeout', %(timeout_ms)s, true);
+SELECT set_config('reconcile.executor_id', e.id, true)
+FROM executors e
+WHERE e.id = """
+    + _RESOLVE
+    + """
+FOR NO KEY UPDATE;
+WITH target AS (
     SELECT e.id, e.claude_session_id AS stored, e.state,
            COALESCE(a.custom_name, a.id, e.agent_id, %(actor)s) AS actor,
            COALESCE(a.team, %(team)s) AS team
     FROM executors e
     LEFT JOIN agents a ON a.id = e.agent_id
-    WHERE e.id = COALESCE(%(executor_id)s::text, (SELECT current_executor_id FROM agent))
-    FOR UPDATE OF e
+    WHERE e.id = NULLIF(current_setting('reconcile.executor_id', true), '')
+    FOR NO KEY UPDATE OF e
 ), decided AS (
     SELECT t.*,
            CASE WHEN t.stored IS NOT DISTINCT FROM %(session_id)s THEN 'confirmed'
@@ -71,7 +105,13 @@ WITH agent AS (
                    'reason', 'terminal_executor_is_recovery_anchor')
            END
     FROM decided d
-    WHERE d.outcome <> 'confirmed'
+    WHERE d.outcome = 'reconciled'
+       OR d.outcome = 'divergence_preserved' AND NOT EXISTS (
+           SELECT 1 FROM audit_events x
+           WHERE x.entity_type = 'executor' AND x.entity_id = d.id
+             AND x.event_type = 'session.divergence_preserved'
+             AND x.details ->> 'stored_session_id' = d.stored
+             AND x.details ->> 'live_session_id' = %(session_id)s::text)
     ON CONFLICT (event_id) DO NOTHING
     RETURNING id
 )
@@ -79,11 +119,23 @@ SELECT d.outcome, d.id, d.stored, d.state, d.actor, d.team,
        (SELECT count(*) FROM updated), (SELECT count(*) FROM audited)
 FROM decided d
 """
+)
 
+# An audit row for a journaled event, unless its event id is there already, or (for a
+# divergence) the same stored/live pair of the executor is audited already. The executor
+# row is locked first (statement of its own, same reason as above).
+AUDIT_LOCK_SQL = "SELECT 1 FROM executors WHERE id = %s FOR NO KEY UPDATE"
 AUDIT_SQL = """
 INSERT INTO audit_events
     (event_id, entity_type, entity_id, event_type, actor, details, created_at)
-VALUES (%s, 'executor', %s, %s, %s, %s, %s)
+SELECT %(event_id)s::uuid, 'executor', %(executor_id)s::text, %(event_type)s::text,
+       %(actor)s::text, %(details)s, %(created_at)s::timestamptz
+WHERE %(event_type)s <> 'session.divergence_preserved' OR NOT EXISTS (
+    SELECT 1 FROM audit_events x
+    WHERE x.entity_type = 'executor' AND x.entity_id = %(executor_id)s
+      AND x.event_type = 'session.divergence_preserved'
+      AND x.details ->> 'stored_session_id' = %(stored)s
+      AND x.details ->> 'live_session_id' = %(live)s)
 ON CONFLICT (event_id) DO NOTHING
 """
 
@@ -98,6 +150,9 @@ class Decision:
     executor_state: str | None = None
     actor: str | None = None
     team: str | None = None
+    # Whether this call wrote the audit row: False for a confirmation, and for a
+    # divergence whose stored/live pair was audited before (by this host or another).
+    audited: bool = False
 
 
 def resolve_url(settings: Settings) -> str:
@@ -141,10 +196,11 @@ def deadline(seconds: float) -> Iterator[None]:
 
 @contextlib.contextmanager
 def connect(settings: Settings, *, application: str = "reconcile") -> Iterator[psycopg.Connection]:
-    """An autocommit connection with the configured timeouts; any failure to connect is
-    :class:`DatabaseUnavailableError` with a message that never contains the password."""
+    """An autocommit connection that keeps no session state (PgBouncer's transaction
+    pooling); any failure to connect is :class:`DatabaseUnavailableError` with a message that
+    never contains the password. Statement and lock timeouts are per transaction:
+    :func:`decide` sets its own."""
     url = resolve_url(settings)
-    statement_ms = int(settings.statement_timeout_s * 1000)
     try:
         with deadline(settings.connect_timeout_s):
             conn = psycopg.connect(
@@ -152,7 +208,7 @@ def connect(settings: Settings, *, application: str = "reconcile") -> Iterator[p
                 autocommit=True,
                 connect_timeout=max(1, round(settings.connect_timeout_s)),
                 application_name=application,
-                options=f"-c statement_timeout={statement_ms} -c lock_timeout={statement_ms}",
+                prepare_threshold=None,
             )
     except psycopg.Error as exc:
         raise DatabaseUnavailableError(describe(exc, url)) from None
@@ -197,8 +253,13 @@ def decide(
     team: str | None,
     deadline_s: float,
 ) -> Decision:
-    """Run the reconciliation statement for one observation (one round trip)."""
+    """Settle one observation: one round trip, one transaction (:data:`RECONCILE_SQL`),
+    with statement and lock timeouts of ``deadline_s`` for that transaction only.
+    ``conn`` is in autocommit mode, as :func:`connect` makes it, so that the query string
+    is a transaction of its own. ``Decision.audited`` says whether the audit row with
+    ``event_id`` was written (not for a divergence audited before)."""
     params = {
+        "timeout_ms": str(max(1, int(deadline_s * 1000))),
         "session_id": session_id,
         "event_id": event_id,
         "executor_id": executor_id,
@@ -208,27 +269,40 @@ def decide(
         "actor": agent_name or agent_id,
     }
     try:
-        with deadline(deadline_s):
-            row = conn.execute(RECONCILE_SQL, params, prepare=False).fetchone()
+        with deadline(deadline_s), psycopg.ClientCursor(conn) as cur:
+            cur.execute(RECONCILE_SQL, params)
+            while cur.nextset():  # the decision is the last statement's result
+                pass
+            row = cur.fetchone()
     except psycopg.DataError as exc:  # values no database could take: not an outage
         raise RejectedError(_first_line(exc)) from None
     except psycopg.Error as exc:  # gone, slow, locked, or without its tables
         raise DatabaseUnavailableError(f"{conn.info.dsn}: {_first_line(exc)}") from None
     if row is None:
         return Decision("no_executor")
-    outcome, executor, stored, state, actor, team_found, _, _ = row
-    return Decision(outcome, executor, stored, state, actor, team_found)
+    outcome, executor, stored, state, actor, team_found, _, audited = row
+    return Decision(outcome, executor, stored, state, actor, team_found, audited > 0)
 
 
 def insert_audit_rows(conn: psycopg.Connection, rows: Iterable[tuple[Any, ...]]) -> int:
     """Insert audit rows ``(event_id, executor_id, event_type, actor, details, created_at)``
-    unless their event id is already there; return how many were new."""
+    unless their event id is already there (or, for a divergence, its executor's
+    stored/live pair is audited already); return how many were new."""
     inserted = 0
     with conn.transaction(), conn.cursor() as cur:
         for event_id, executor_id, event_type, actor, details, created_at in rows:
-            cur.execute(
-                AUDIT_SQL, (event_id, executor_id, event_type, actor, Jsonb(details), created_at)
-            )
+            cur.execute(AUDIT_LOCK_SQL, (executor_id,), prepare=False)
+            params = {
+                "event_id": event_id,
+                "executor_id": executor_id,
+                "event_type": event_type,
+                "actor": actor,
+                "details": Jsonb(details),
+                "created_at": created_at,
+                "stored": (details or {}).get("stored_session_id"),
+                "live": (details or {}).get("live_session_id"),
+            }
+            cur.execute(AUDIT_SQL, params, prepare=False)
             inserted += cur.rowcount
     return inserted
 
@@ -242,33 +316,6 @@ def executor_sessions(
         (list(executor_ids),),
     ).fetchall()
     return {executor: (session, state) for executor, session, state in rows}
-
-
-def migrate(conn: psycopg.Connection) -> list[str]:
-    """Apply the shipped migrations not yet recorded in ``schema_migrations``, in order,
-    in one transaction; concurrent runs serialise on an advisory lock. Returns the
-    versions applied (none when the schema is current)."""
-    applied: list[str] = []
-    scripts = sorted(
-        (entry.name, entry)
-        for entry in resources.files("reconcile.migrations").iterdir()
-        if entry.name.endswith(".sql")
-    )
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('reconcile.migrate'))")
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-        for name, entry in scripts:
-            version = name.removesuffix(".sql")
-            if version in done:
-                continue
-            conn.execute(entry.read_text(encoding="utf-8"))
-            conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
-            applied.append(version)
-    return applied
 
 
 def ping(conn: psycopg.Connection) -> str:

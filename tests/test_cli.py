@@ -34,7 +34,7 @@ def cli(*args: str, home: Path, url: str | None = None, stdin: bytes = b"", **en
 
 @pytest.fixture
 def db(database_url: str, tmp_path: Path) -> str:
-    done = cli("db", "migrate", home=tmp_path / "migrate", url=database_url)
+    done = cli("db", "migrate", "--create-tables", home=tmp_path / "migrate", url=database_url)
     assert done.returncode == 0, done.stderr
     seed(
         database_url,

@@ -39,7 +39,7 @@ def cli(*args: str, home: Path, url: str | None = None, stdin: bytes = b"", **en
 
 @pytest.fixture
 def db(database_url: str, tmp_path: Path) -> str:
-    done = cli("db", "migrate", home=tmp_path / "migrate", url=database_url)
+    done = cli("db", "migrate", "--create-tables", home=tmp_path / "migrate", url=database_url)
     assert done.returncode == 0, done.stderr
     seed(
         database_url,
@@ -183,7 +183,7 @@ def test_global_flags_reach_the_hook(tmp_path, db):
 def test_hooks_start_a_background_compaction_past_the_threshold(tmp_path, database_url):
     from reconcile_helpers import query
 
-    done = cli("db", "migrate", home=tmp_path / "m", url=database_url)
+    done = cli("db", "migrate", "--create-tables", home=tmp_path / "m", url=database_url)
     assert done.returncode == 0
     seed(database_url, [], [(f"x-{i}", None, None, "running") for i in range(5)])
     home = tmp_path / "home"

@@ -40,7 +40,7 @@ from reconcile import Settings, database_activity, migrate
 @pytest.fixture
 def db(database_url: str) -> str:
     with psycopg.connect(database_url, autocommit=True) as conn:
-        migrate(conn)
+        migrate(conn, create_tables=True)
     return database_url
 
 

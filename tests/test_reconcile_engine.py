@@ -22,7 +22,7 @@ from reconcile import Settings, migrate, observe, reconcile_session, settle
 @pytest.fixture
 def db(database_url: str) -> str:
     with psycopg.connect(database_url, autocommit=True) as conn:
-        migrate(conn)
+        migrate(conn, create_tables=True)
     seed(
         database_url,
         agents=[
@@ -202,8 +202,9 @@ def test_identity_sources_and_precedence():
     assert (genie.agent_name, genie.team) == ("g", "gt")
     both = observe({"GENIE_AGENT_NAME": "g", "RECONCILE_AGENT_NAME": "r"}, payload)
     assert both.agent_name == "r"
-    by_id = observe({"GENIE_AGENT_ID": "a-9", "RECONCILE_TEAM": "t"}, payload)
-    assert by_id.key == "agent:a-9"
+    agent = "0b9f3c9e-5d7a-4c1e-9a51-7f3e2d1c0b9a"
+    by_id = observe({"GENIE_AGENT_ID": agent, "RECONCILE_TEAM": "t"}, payload)
+    assert by_id.key == f"agent:{agent}"
     by_executor = observe({"GENIE_EXECUTOR_ID": "e-9", "RECONCILE_AGENT_ID": "a"}, payload)
     assert by_executor.key == "executor:e-9"
     slash = observe({"RECONCILE_TEAM": "a/b", "RECONCILE_AGENT_NAME": "c"}, {"session_id": "s"})

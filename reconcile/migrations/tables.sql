@@ -1,5 +1,8 @@
--- The orchestrator's tables, as this tool needs them (DESIGN §8). IF NOT EXISTS: on an
--- orchestrator's own database these already exist and are left as they are.
+-- The orchestrator's tables, with the columns this tool reads and writes, for a database
+-- of this tool's own only: the embedded default (`reconcile db up`), or
+-- `reconcile db migrate --create-tables`. Never where an orchestrator creates them with
+-- its own migrations: those would then fail on "relation already exists".
+-- IF NOT EXISTS: tables found are left as they are (their columns are checked apart).
 CREATE TABLE IF NOT EXISTS agents (
     id                  text PRIMARY KEY,
     custom_name         text,
@@ -24,8 +27,6 @@ CREATE TABLE IF NOT EXISTS audit_events (
     event_type  text NOT NULL,
     actor       text,
     details     jsonb NOT NULL DEFAULT '{}'::jsonb,
-    created_at  timestamptz NOT NULL DEFAULT now()
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    event_id    uuid
 );
-
-CREATE INDEX IF NOT EXISTS agents_team_custom_name ON agents (team, custom_name);
-CREATE INDEX IF NOT EXISTS audit_events_entity ON audit_events (entity_type, entity_id);
