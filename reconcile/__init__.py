@@ -20,6 +20,8 @@ TYPE_CHECKING = False
 __all__ = [
     "CONFIRMED",
     "DIVERGENCE_PRESERVED",
+    "EVENT_TYPES",
+    "FORGOTTEN",
     "HIT",
     "MAX_PAYLOAD",
     "MISS",
@@ -35,6 +37,7 @@ __all__ = [
     "DatabaseUnavailableError",
     "Decision",
     "Difference",
+    "MissingSchemaError",
     "Observation",
     "Outcome",
     "ReconcileError",
@@ -88,6 +91,7 @@ _WHERE = {
     "DatabaseUnavailableError": ("_errors", "DatabaseUnavailableError"),
     "ReconcileError": ("_errors", "ReconcileError"),
     "RejectedError": ("_errors", "RejectedError"),
+    "MissingSchemaError": ("_errors", "MissingSchemaError"),
     "SchemaError": ("_errors", "SchemaError"),
     "ServerError": ("_errors", "ServerError"),
     **{
@@ -95,6 +99,8 @@ _WHERE = {
         for name in (
             "CONFIRMED",
             "DIVERGENCE_PRESERVED",
+            "EVENT_TYPES",
+            "FORGOTTEN",
             "HIT",
             "MAX_PAYLOAD",
             "MISS",
@@ -174,6 +180,7 @@ if TYPE_CHECKING:
     from reconcile._errors import (
         ConfigError,
         DatabaseUnavailableError,
+        MissingSchemaError,
         ReconcileError,
         RejectedError,
         SchemaError,
@@ -182,6 +189,8 @@ if TYPE_CHECKING:
     from reconcile._fast import (
         CONFIRMED,
         DIVERGENCE_PRESERVED,
+        EVENT_TYPES,
+        FORGOTTEN,
         HIT,
         MAX_PAYLOAD,
         MISS,

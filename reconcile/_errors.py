@@ -24,5 +24,10 @@ class SchemaError(ReconcileError):
     finish (missing tables, busy tables, duplicate values); the message says what to do."""
 
 
+class MissingSchemaError(DatabaseUnavailableError, SchemaError):
+    """A statement met a missing table or column: the database cannot be used until
+    ``reconcile db migrate`` (or the orchestrator's migrations) created it."""
+
+
 class ConfigError(ReconcileError, ValueError):
     """A setting from the environment or the command line is invalid."""

@@ -30,6 +30,16 @@ REJECTED = "session.rejected"  # the database refused the observation's values
 OBSERVED = "session.observed"  # a hook saw this session id; the reconciler settles it
 PENDING = "session.pending"  # written by 0.1 hooks while the database was down
 FORGOTTEN = "cache.forgotten"
+EVENT_TYPES = (
+    OBSERVED,
+    RECONCILED,
+    CONFIRMED,
+    DIVERGENCE_PRESERVED,
+    UNRESOLVED,
+    REJECTED,
+    PENDING,
+    FORGOTTEN,
+)
 
 # The data field that holds the session id an event settled, per cache-settling type.
 SETTLED_SESSION = {

@@ -127,7 +127,9 @@ class Difference:
     """One disagreement found by :func:`verify`."""
 
     key: str
-    kind: str  # snapshot_differs | missing_from_cache | not_in_history | database_differs
+    # snapshot_differs | missing_from_cache | not_in_history | database_differs (expected:
+    # a session id) | executor_missing (expected: the executor id the database lacks)
+    kind: str
     expected: str | None
     found: str | None
 
@@ -198,7 +200,7 @@ def _database_differences(settings: Settings, state: journal.State) -> list[Diff
         executor = executors[key]
         found = stored.get(executor) if executor else None
         if found is None:
-            differences.append(Difference(key, "database_differs", executor, None))
+            differences.append(Difference(key, "executor_missing", executor, None))
             continue
         data = dict(record.data or {})
         expected = (

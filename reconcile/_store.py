@@ -24,7 +24,7 @@ import attrs
 import psycopg
 from psycopg.types.json import Jsonb
 
-from reconcile._errors import DatabaseUnavailableError, RejectedError
+from reconcile._errors import DatabaseUnavailableError, MissingSchemaError, RejectedError
 from reconcile._settings import Settings, redact_url
 
 TERMINAL_STATES = ("done", "error", "terminated")
@@ -215,7 +215,7 @@ def connect(settings: Settings, *, application: str = "reconcile") -> Iterator[p
     try:
         yield conn
     except psycopg.Error as exc:
-        raise DatabaseUnavailableError(describe(exc, url)) from None
+        raise unusable(exc, describe(exc, url)) from None
     finally:
         conn.close()
 
@@ -226,6 +226,14 @@ def describe(exc: BaseException, url: str) -> str:
     for secret in _passwords(url):
         first = first.replace(secret, "***")
     return f"{redact_url(url)}: {first}"
+
+
+def unusable(exc: psycopg.Error, message: str) -> DatabaseUnavailableError:
+    """The error for a database that cannot be used; a missing table or column is a
+    :class:`MissingSchemaError` that says how to create it."""
+    if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
+        return MissingSchemaError(f"{message}; run: reconcile db migrate")
+    return DatabaseUnavailableError(message)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -277,7 +285,7 @@ def decide(
     except psycopg.DataError as exc:  # values no database could take: not an outage
         raise RejectedError(_first_line(exc)) from None
     except psycopg.Error as exc:  # gone, slow, locked, or without its tables
-        raise DatabaseUnavailableError(f"{conn.info.dsn}: {_first_line(exc)}") from None
+        raise unusable(exc, f"{conn.info.dsn}: {_first_line(exc)}") from None
     if row is None:
         return Decision("no_executor")
     outcome, executor, stored, state, actor, team_found, _, audited = row
