@@ -1,11 +1,19 @@
-"""``reconcile demo``: the whole design at work on an embedded PostgreSQL, for a newcomer.
+"""``reconcile demo``: the whole design at work, for a newcomer, on state it makes itself.
 
-It starts the embedded server in a fresh state directory (or ``--home``), seeds agents
-and executors (some terminal), runs real ``reconcile hook`` processes, concurrently,
-with realistic payloads and session rotations, compacts, verifies against the database,
-and reports what happened. Forks of one agent run in order (one Claude Code session does
-one tool call at a time), several agents at once, and now and then two forks of one
-agent race with the same payload (parallel tool calls).
+By default it creates a temporary state directory with an embedded PostgreSQL of its
+own, and stops and removes both at the end: the user's state directory and database
+(``RECONCILE_HOME``, ``RECONCILE_DATABASE_URL``) are never read or written. With
+``--home DIR`` the state stays in DIR to look at afterwards (the server is stopped;
+``reconcile --home DIR db up`` restarts it); DIR must be new or empty, so the demo never
+mixes its records with anything else.
+
+It seeds agents and executors (every fifth one finished, holding a recovery anchor), runs
+real ``reconcile hook`` processes with realistic payloads and session rotations, waits
+until every observation is settled (whoever settles it: the hook itself, or a reconciler
+it started), compacts, checks journals, cache and database against each other, and prints
+one screen saying what ran and what it proves. Forks of one agent run in order (a Claude
+Code session makes one tool call at a time), several agents at once, and now and then two
+forks of one agent race with the same payload (parallel tool calls).
 """
 
 from __future__ import annotations
@@ -27,13 +35,16 @@ import attrs
 
 import journal
 import reconcile
-from cli._output import emit_json, emit_pairs, progress_bar
-from reconcile._fast import DIVERGENCE_PRESERVED, PENDING, RECONCILED
-from reconcile._settings import Settings
+from cli._commands import UsageError
+from cli._output import emit_json, progress_bar, yes_no
 
 TERMINAL = ("done", "error", "terminated")
 TEAM = "demo"
 ROTATION_RATE = 0.08  # share of forks that see a freshly rotated session id
+PARALLEL_RATE = 0.05  # share of tool calls made twice at once
+SETTLE_DEADLINE_S = 120.0  # generous: a loaded machine may take its time
+# Identity variables a hook reads: the demo sets its own per fork.
+_IDENTITY = ("RECONCILE_EXECUTOR", "RECONCILE_AGENT", "RECONCILE_TEAM", "GENIE_")
 
 
 @attrs.frozen
@@ -44,37 +55,76 @@ class Fork:
     payload: bytes
 
 
-def run(args: Any, settings: Settings) -> int:
-    temporary = args.home is None
-    home = Path(tempfile.mkdtemp(prefix="reconcile-demo-")) if temporary else settings.home
-    from reconcile import _server
-
+def run(args: Any, settings: reconcile.Settings) -> int:
+    home, keep = _home(args.demo_home or args.home)
     say = _narrator(args.json)
+    if settings.database_url:
+        say("RECONCILE_DATABASE_URL is left alone: the demo uses a database of its own")
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(_IDENTITY)
+        and name not in ("RECONCILE_HOME", "RECONCILE_DATABASE_URL")
+    }
+    env["RECONCILE_HOME"] = str(home)
+    demo = reconcile.Settings.from_env(env)
     try:
-        say(f"starting the embedded PostgreSQL in {home / 'pg'}")
-        url = _demo_database(_server.up(home))
-        settings = attrs.evolve(settings, home=home, database_url=url)
-        agents = _seed(settings, args.agents)
-        rounds, live = _workload(args.agents, args.forks, home, url)
+        say(f"starting a PostgreSQL of its own in {home / 'pg'}")
+        url = reconcile.server_up(home)
+        with reconcile.migration_connection(demo) as conn:  # the demo's own database
+            reconcile.migrate(conn, create_tables=True)
+        with reconcile.connect(demo, application="reconcile-demo") as conn:
+            agents = _seed(conn, args.agents)
+        rounds, live = _workload(args.agents, args.forks, env)
         say(
-            f"{args.agents} agents seeded; running {args.forks} hook forks, "
+            f"{args.agents} agents seeded; running {args.forks} hook processes, "
             f"{args.concurrency} at a time"
         )
-        before = _transactions(url)
-        latencies = _run_forks(rounds, args.concurrency)
-        transactions = _transactions(url) - before
-        journal.compact(home, max_entries=settings.max_entries, wait=True)
-        report = _report(settings, agents, live, latencies, transactions)
-        report["concurrency"] = args.concurrency
+        before = _statements(url)
+        runs = _run_forks(rounds, args.concurrency)
+        replayed = _settle(demo, len(live), say)
+        statements = _statements(url) - before
+        journal.compact(home, max_entries=demo.max_entries, wait=True)
+        report = _report(demo, agents, live, runs, statements)
     finally:
-        if temporary:
-            _server.down(home)
+        reconcile.server_down(home)
+        if not keep:
             shutil.rmtree(home, ignore_errors=True)
+    report.update(
+        agents=args.agents,
+        concurrency=args.concurrency,
+        replayed=replayed,
+        home=str(home) if keep else None,
+    )
     if args.json:
         emit_json(report)
     else:
-        emit_pairs(report.items())
+        _print(report)
     return 0 if report["lost"] == 0 and report["verified"] else 1
+
+
+def _home(given: str | None) -> tuple[Path, bool]:
+    """The demo's state directory, and whether to keep it: a new temporary one, or
+    ``given`` if it is new or empty (anything in it would mix with the demo's records)."""
+    if given is None:
+        return Path(tempfile.mkdtemp(prefix="reconcile-demo-")), False
+    home = Path(given).expanduser()
+    try:
+        entries = os.listdir(home)
+    except FileNotFoundError:
+        try:
+            home.mkdir(mode=0o700)
+        except OSError as exc:
+            raise UsageError(f"--home {home}: cannot create it ({exc.strerror})") from None
+        return home, True
+    except OSError as exc:
+        raise UsageError(f"--home {home}: {exc.strerror}; give a new or empty directory") from None
+    if entries:
+        raise UsageError(
+            f"--home {home} is not empty; the demo runs only in a new or empty directory, "
+            "so that it never mixes with other state"
+        )
+    return home, True
 
 
 def _narrator(quiet: bool) -> Any:
@@ -85,78 +135,62 @@ def _narrator(quiet: bool) -> Any:
     return say
 
 
-def _demo_database(server_url: str) -> str:
-    import psycopg
-    from psycopg.conninfo import make_conninfo
-
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS reconcile_demo WITH (FORCE)")
-        conn.execute("CREATE DATABASE reconcile_demo")
-    return make_conninfo(server_url, dbname="reconcile_demo")
-
-
-def _seed(settings: Settings, count: int) -> dict[int, tuple[str, str | None]]:
+def _seed(conn: Any, count: int) -> dict[int, tuple[str, str | None]]:
     """Agents with executors; every fifth one terminal, holding a recovery anchor.
     Returns agent -> (state, stored session id)."""
-    from reconcile._store import connect
-
     seeded: dict[int, tuple[str, str | None]] = {}
-    with connect(settings) as conn:
-        reconcile.migrate(conn, create_tables=True)
-        with conn.transaction():
-            for i in range(count):
-                terminal = i % 5 == 4
-                state = TERMINAL[i % 3] if terminal else "running"
-                stored = f"anchor-{i:03d}" if terminal else (None if i % 2 else f"stale-{i:03d}")
-                conn.execute(
-                    "INSERT INTO agents (id, custom_name, team, current_executor_id) "
-                    "VALUES (%s, %s, %s, %s)",
-                    (f"agent-{i:03d}", f"worker-{i:03d}", TEAM, f"exec-{i:03d}"),
-                )
-                conn.execute(
-                    "INSERT INTO executors (id, agent_id, claude_session_id, state) "
-                    "VALUES (%s, %s, %s, %s)",
-                    (f"exec-{i:03d}", f"agent-{i:03d}", stored, state),
-                )
-                seeded[i] = (state, stored)
+    with conn.transaction():
+        for i in range(count):
+            terminal = i % 5 == 4
+            state = TERMINAL[i % 3] if terminal else "running"
+            stored = f"anchor-{i:03d}" if terminal else (None if i % 2 else f"stale-{i:03d}")
+            conn.execute(
+                "INSERT INTO agents (id, custom_name, team, current_executor_id) "
+                "VALUES (%s, %s, %s, %s)",
+                (f"agent-{i:03d}", f"worker-{i:03d}", TEAM, f"exec-{i:03d}"),
+            )
+            conn.execute(
+                "INSERT INTO executors (id, agent_id, claude_session_id, state) "
+                "VALUES (%s, %s, %s, %s)",
+                (f"exec-{i:03d}", f"agent-{i:03d}", stored, state),
+            )
+            seeded[i] = (state, stored)
     return seeded
 
 
 def _workload(
-    agents: int, forks: int, home: Path, url: str
+    agents: int, forks: int, env: dict[str, str]
 ) -> tuple[list[list[Fork]], dict[int, str]]:
-    """Rounds of forks (at most one agent's sequence position per round) and each
-    agent's last live session id."""
+    """Rounds of forks (each agent's steps in order, one step per round; a step is one
+    fork, or two racing with the same payload) and each agent's last live session id."""
     rng = random.Random(7)
     generation = dict.fromkeys(range(agents), 0)
-    per_agent: dict[int, list[Fork]] = {i: [] for i in range(agents)}
+    steps: dict[int, list[list[Fork]]] = {i: [] for i in range(agents)}
     weights = [1.0 / (1 + i % 7) for i in range(agents)]  # some agents far busier
     made = 0
     while made < forks:
         i = rng.choices(range(agents), weights)[0]
-        if per_agent[i] and rng.random() < ROTATION_RATE:
+        if steps[i] and rng.random() < ROTATION_RATE:
             generation[i] += 1  # resume or compaction: a new session id
-        fork = _fork(i, f"sess-{i:03d}-{generation[i]}", home, url, rng)
-        per_agent[i].append(fork)
+        fork = _fork(i, f"sess-{i:03d}-{generation[i]}", env, rng)
+        step = [fork]
         made += 1
-        if made < forks and rng.random() < 0.05:  # a parallel tool call: same payload
-            per_agent[i].append(fork)
+        if made < forks and rng.random() < PARALLEL_RATE:  # a parallel tool call
+            step.append(fork)
             made += 1
+        steps[i].append(step)
     rounds: list[list[Fork]] = []
-    for sequence in per_agent.values():
-        for position, fork in enumerate(sequence):
+    for sequence in steps.values():
+        for position, step in enumerate(sequence):
             while len(rounds) <= position:
                 rounds.append([])
-            rounds[position].append(fork)
-    last = {i: seq[-1].session_id for i, seq in per_agent.items() if seq}
+            rounds[position].extend(step)
+    last = {i: sequence[-1][0].session_id for i, sequence in steps.items() if sequence}
     return rounds, last
 
 
-def _fork(i: int, session_id: str, home: Path, url: str, rng: random.Random) -> Fork:
-    env = {**os.environ, "RECONCILE_HOME": str(home), "RECONCILE_DATABASE_URL": url}
-    for name in list(env):
-        if name.startswith(("RECONCILE_EXECUTOR", "RECONCILE_AGENT", "RECONCILE_TEAM", "GENIE_")):
-            del env[name]
+def _fork(i: int, session_id: str, env: dict[str, str], rng: random.Random) -> Fork:
+    env = dict(env)
     payload: dict[str, Any] = {
         "session_id": session_id,
         "transcript_path": f"/home/dev/.claude/projects/demo/{session_id}.jsonl",
@@ -186,52 +220,77 @@ def _hook_command() -> list[str]:
     return [found, "hook"] if found else [sys.executable, "-m", "cli", "hook"]
 
 
-def _run_forks(rounds: list[list[Fork]], concurrency: int) -> list[float]:
+def _run_forks(rounds: list[list[Fork]], concurrency: int) -> list[tuple[int, float]]:
+    """Run every fork; (pid, seconds from start to exit) of each."""
     command = _hook_command()
 
-    def one(fork: Fork) -> float:
+    def one(fork: Fork) -> tuple[int, float]:
         started = time.perf_counter()
-        done = subprocess.run(command, input=fork.payload, env=fork.env, capture_output=True)
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=fork.env,
+        )
+        out, _ = process.communicate(fork.payload)
         elapsed = time.perf_counter() - started
-        if done.returncode != 0 or done.stdout:
+        if process.returncode != 0 or out:
             raise reconcile.ReconcileError(
-                f"a hook broke its contract: exit {done.returncode}, stdout {done.stdout!r:.80}"
+                f"a hook broke its contract: exit {process.returncode}, stdout {out[:80]!r}"
             )
-        return elapsed
+        return process.pid, elapsed
 
-    latencies: list[float] = []
+    runs: list[tuple[int, float]] = []
     total = sum(len(r) for r in rounds)
-    with ThreadPoolExecutor(concurrency) as pool, progress_bar("forks", "fork") as advance:
+    with ThreadPoolExecutor(concurrency) as pool, progress_bar("hooks", "hook") as advance:
         for forks in rounds:
-            for elapsed in pool.map(one, forks):
-                latencies.append(elapsed)
-                advance(len(latencies), total)
-    return latencies
+            for result in pool.map(one, forks):
+                runs.append(result)
+                advance(len(runs), total)
+    return runs
 
 
-def _transactions(url: str) -> int:
+def _settle(settings: reconcile.Settings, keys: int, say: Any) -> int:
+    """Wait until every key's latest record settled a session or is pending: a hook
+    settles its miss before it exits, a detached reconciler after. Then settle what is
+    still pending in the foreground, as ``reconcile replay --to-db`` does; return how
+    many that was (none unless the database did not answer a hook in time)."""
+    deadline = time.monotonic() + SETTLE_DEADLINE_S
+    waiting = reconcile.SETTLED_SESSION.keys() | {reconcile.PENDING}
+    while time.monotonic() < deadline:
+        state = journal.load(settings.home)
+        if len(state) >= keys and all(r.type in waiting for r in state.values()):
+            break
+        time.sleep(0.1)
+    state = journal.load(settings.home)
+    if all(r.type in reconcile.SETTLED_SESSION for r in state.values()):
+        return 0
+    say("settling what the database did not answer in time (reconcile replay --to-db)")
+    return reconcile.replay_to_db(settings).pending
+
+
+def _statements(url: str) -> int:
     """Statements the server committed for the demo database's clients."""
     import psycopg
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-    from reconcile._store import database_activity
-
     with psycopg.connect(make_conninfo(url, dbname="postgres"), autocommit=True) as probe:
-        return database_activity(probe, conninfo_to_dict(url)["dbname"])[0]
+        return reconcile.database_activity(probe, str(conninfo_to_dict(url)["dbname"]))[0]
 
 
 def _report(
-    settings: Settings,
+    settings: reconcile.Settings,
     agents: dict[int, tuple[str, str | None]],
     live: dict[int, str],
-    latencies: list[float],
-    transactions: int,
+    runs: list[tuple[int, float]],
+    statements: int,
 ) -> dict[str, Any]:
-    from reconcile._store import connect
-
     events = list(journal.history(settings.home))
-    audited = {e.id for e in events if e.type in (RECONCILED, DIVERGENCE_PRESERVED)}
-    with connect(settings) as conn:
+    audited = {
+        e.id for e in events if e.type in (reconcile.RECONCILED, reconcile.DIVERGENCE_PRESERVED)
+    }
+    with reconcile.connect(settings, application="reconcile-demo") as conn:
         rows = {str(r[0]) for r in conn.execute("SELECT event_id FROM audit_events")}
         stored = dict(conn.execute("SELECT id, claude_session_id FROM executors").fetchall())
     wrong = 0
@@ -240,19 +299,107 @@ def _report(
         expected = anchor if state in TERMINAL and anchor is not None else session
         wrong += stored[f"exec-{i:03d}"] != expected
     verified = reconcile.verify(settings, db=True)
-    ms = sorted(t * 1000 for t in latencies)
+    writers = {e.pid for e in events}  # a hook that missed journaled under its own pid
+    misses = sum(1 for pid, _ in runs if pid in writers)
+    ms = sorted(seconds * 1000 for _, seconds in runs)
     forks = len(ms)
-    misses = len(events)
+
+    def count(kind: str) -> int:
+        return sum(e.type == kind for e in events)
+
     return {
+        "finished_agents": sum(1 for state, _ in agents.values() if state in TERMINAL),
         "forks": forks,
         "hits": forks - misses,
         "misses": misses,
-        "pending": sum(e.type == PENDING for e in events),
         "rotations": sum(int(s.rsplit("-", 1)[1]) for s in live.values()),
-        "db_transactions": transactions,
+        "reconciled": count(reconcile.RECONCILED),
+        "divergence_preserved": count(reconcile.DIVERGENCE_PRESERVED),
+        "confirmed": count(reconcile.CONFIRMED),
+        "pending": count(reconcile.PENDING),
+        "db_transactions": statements,
         "audit_rows": len(rows),
         "lost": len(audited - rows) + wrong,
         "verified": verified.ok,
         "p50_ms": round(statistics.median(ms), 2),
         "p99_ms": round(ms[min(forks - 1, int(forks * 0.99))], 2),
     }
+
+
+def _print(r: dict[str, Any]) -> None:
+    """The report on one screen: each figure with what it means."""
+    one_each = r["db_transactions"] == r["misses"]
+    sections: list[tuple[str, list[tuple[str, Any, str]]]] = [
+        (
+            "What ran",
+            [
+                (
+                    "agents",
+                    r["agents"],
+                    f"orchestrator agents, a Claude Code session each ({r['finished_agents']} "
+                    "finished)",
+                ),
+                (
+                    "hook runs",
+                    r["forks"],
+                    f"`reconcile hook` processes, one per tool use, {r['concurrency']} at a time",
+                ),
+                ("session changes", r["rotations"], "resumes or compactions: a new session id"),
+            ],
+        ),
+        (
+            "What the hooks did",
+            [
+                ("answered from cache", r["hits"], "hits: no database call, nothing written"),
+                ("asked the database", r["misses"], "misses: a session id not yet settled"),
+                ("ids updated", r["reconciled"], "executors.claude_session_id set, audited"),
+                (
+                    "anchors kept",
+                    r["divergence_preserved"],
+                    "finished executors' ids kept, audited",
+                ),
+                ("already right", r["confirmed"], "the database already held the live id"),
+                (
+                    "database statements",
+                    r["db_transactions"],
+                    "counted by PostgreSQL: "
+                    + ("one per miss, " if one_each else "")
+                    + "none per hit",
+                ),
+                ("hook time, median", f"{r['p50_ms']:.1f} ms", "one hook process, start to exit"),
+                ("hook time, 99th pct", f"{r['p99_ms']:.1f} ms", "the slowest 1%, mostly misses"),
+            ],
+        ),
+        (
+            "What it proves",
+            [
+                ("lost", r["lost"], "updates or audit rows missing in the database"),
+                (
+                    "verified",
+                    yes_no(r["verified"]),
+                    "journals, cache and database agree (verify --db)",
+                ),
+            ],
+        ),
+    ]
+    if r["pending"]:
+        sections[1][1].append(
+            (
+                "late answers",
+                r["pending"],
+                f"the database was too slow; {r['replayed']} settled afterwards",
+            )
+        )
+    label = max(len(name) for _, rows in sections for name, _, _ in rows)
+    value = max(len(str(v)) for _, rows in sections for _, v, _ in rows)
+    for title, rows in sections:
+        print(title)
+        for name, figure, meaning in rows:
+            print(f"  {name:<{label}}  {figure!s:>{value}}  {meaning}")
+        print()
+    if r["home"]:
+        print(f"Its state is kept in {r['home']} (its PostgreSQL stopped). To look:")
+        print(f"  reconcile --home {r['home']} db up; reconcile --home {r['home']} show")
+    else:
+        print("Its state directory and database were temporary: gone (--home DIR keeps them).")
+    print("The real set-up: README.md, First run.")
