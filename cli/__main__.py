@@ -1,8 +1,10 @@
 """Entry point of the ``reconcile`` console script.
 
 ``reconcile hook`` is dispatched before anything else is imported: it runs once per
-tool use and its hit path must cost next to nothing. Every other command loads the
-argparse application in :mod:`cli._app`.
+tool use and its hit path must cost next to nothing. Arguments after ``hook`` are the
+hook's own (``--sync``); any others are ignored rather than refused: the hook always
+exits 0, and Claude Code reads a hook's exit 2 as "block this tool call". Every other
+command loads the argparse application in :mod:`cli._app`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,12 @@
 """The ``reconcile`` command line (every command but the hook's fast path).
 
-Exit codes (docs/operations.md): 0 ok, 1 verification failed, 2 usage error,
-3 environment error (database needed and unreachable, unusable state directory, ...).
-Errors are one line on stderr; ``-v`` adds the traceback and human logs on stderr.
+Exit codes (docs/operations.md): 0 ok, 1 verification failed or no such entry, 2 usage
+error, 3 environment error (database needed and unreachable, unusable state directory,
+...), 141 output pipe closed by its reader (``reconcile replay | head``: the status a
+program killed by SIGPIPE has, so ``set -o pipefail`` sees what it sees with any Unix
+tool; nothing is printed). Errors, usage errors included, are one line on stderr; ``-v``
+adds the traceback and human logs on stderr. ``reconcile hook`` exits 0 whatever its
+arguments: Claude Code treats a hook's exit 2 as "block this tool call".
 """
 
 from __future__ import annotations
@@ -12,17 +16,22 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import journal
 import reconcile
-from cli import _commands, _demo, _install
+from cli import _commands, _db, _demo, _doctor, _install, _probe
+from cli._commands import UsageError
 
-OK, FAILED, USAGE, ENVIRONMENT = 0, 1, 2, 3
+OK, FAILED, USAGE, ENVIRONMENT, PIPE_CLOSED = 0, 1, 2, 3, 141
 
 
-class UsageError(Exception):
-    """A command-line argument is invalid (exit 2)."""
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (it prints the whole usage by default)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see: {self.prog} --help)")
 
 
 def _version() -> str:
@@ -35,7 +44,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="reconcile",
         description="Keep executors.claude_session_id in step with live Claude Code sessions.",
     )
@@ -45,27 +54,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, handler: Callable[..., int], help: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, handler: Callable[..., int], help: str, *, home: bool = True
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
-        p.set_defaults(handler=handler)
+        p.set_defaults(handler=handler, needs_home=home)
         return p
 
-    command("hook", _commands.hook, "the Claude Code hook: reads the payload on stdin")
-
-    p = command("compact", _commands.compact, "fold journals into the snapshot")
-    p.add_argument("--wait", action="store_true", help="wait for a running compaction")
-    p.add_argument("--max-entries", type=_positive_int, help="cache bound (default 1000)")
-    p.add_argument("--json", action="store_true")
+    p = command("hook", _commands.hook, "the Claude Code hook: reads the payload on stdin")
+    p.add_argument("--sync", action="store_true", help="settle before exiting (RECONCILE_SYNC)")
 
     p = command("status", _commands.status, "what the cache and the database look like")
+    p.add_argument("--json", action="store_true")
+
+    p = command("doctor", _doctor.run, "check the set-up and say the next step", home=False)
+    p.add_argument("--settings", help="Claude Code settings (default ~/.claude/settings.json)")
     p.add_argument("--json", action="store_true")
 
     p = command("show", _commands.show, "cache entries as the hook sees them")
     p.add_argument("key", nargs="?")
     p.add_argument("--json", action="store_true")
 
+    p = command("compact", _commands.compact, "fold journals into the snapshot")
+    p.add_argument("--wait", action="store_true", help="wait for a running compaction")
+    p.add_argument("--max-entries", type=_positive_int, help="cache bound (default 1000)")
+    p.add_argument("--json", action="store_true")
+
     p = command("forget", _commands.forget, "journal a tombstone for a cache key")
     p.add_argument("key")
+    p.add_argument("--json", action="store_true")
 
     p = command("replay", _commands.replay, "the event history as JSON Lines")
     p.add_argument("--since", type=_time, help="ISO-8601 or an age (15m, 2h, 7d)")
@@ -80,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", action="store_true", help="compare with the database too")
     p.add_argument("--json", action="store_true")
 
-    p = command("db", _commands.db, "the database: migrate|up|down|status|url")
+    p = command("db", _db.db, "the database: migrate|up|down|status|url")
     p.add_argument("action", choices=["migrate", "up", "down", "status", "url"])
     p.add_argument(
         "--create-tables",
@@ -89,13 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true")
 
-    p = command("install-hooks", _install.run, "add the hook to Claude Code's settings.json")
+    p = command(
+        "install-hooks", _install.run, "add the hook to Claude Code's settings.json", home=False
+    )
     p.add_argument("--settings", help="default ~/.claude/settings.json")
     p.add_argument("--uninstall", action="store_true")
     p.add_argument("--dry-run", action="store_true", help="print the result, write nothing")
     p.add_argument("--command", dest="hook_command", default="reconcile hook")
 
-    p = command("demo", _demo.run, "the whole thing on an embedded PostgreSQL, with a report")
+    p = command("demo", _demo.run, "the whole thing on a throwaway embedded PostgreSQL", home=False)
+    p.add_argument("--home", dest="demo_home", help="keep the demo's state here (new or empty)")
     p.add_argument("--agents", type=_positive_int, default=24)
     p.add_argument("--forks", type=_positive_int, default=200)
     p.add_argument("--concurrency", type=_positive_int, default=os.cpu_count() or 2)
@@ -124,19 +144,29 @@ def _time(text: str) -> str:
 
 def run(argv: list[str]) -> int:
     """Parse ``argv`` and run the command; return the exit code."""
-    parser = build_parser()
+    args: Any = None
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse: --help, --version (0) or a usage error (2)
-        return int(exc.code or 0)
-    try:
-        if args.command == "hook":
-            return int(args.handler(args))
+        parser = build_parser()
+        try:
+            args, extra = parser.parse_known_args(argv)
+        except SystemExit as exc:  # argparse: --help or --version
+            return int(exc.code or 0)
+        if args.command == "hook":  # whatever follows it: the hook always exits 0
+            return int(args.handler(args, extra))
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         settings = reconcile.Settings.from_env(
             os.environ, home=args.home, database_url=args.database_url
         )
         reconcile.configure_logging(settings, verbose=args.verbose)
-        return int(args.handler(args, settings))
+        if args.needs_home:
+            _check_home(settings.home)
+        code = int(args.handler(args, settings))
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:
+        _quiet_stdout()
+        return PIPE_CLOSED
     except (UsageError, reconcile.ConfigError) as exc:
         return _fail(args, exc, USAGE)
     except (reconcile.ReconcileError, journal.JournalError, OSError) as exc:
@@ -145,9 +175,23 @@ def run(argv: list[str]) -> int:
         return 130
 
 
+def _check_home(home: Path) -> None:
+    """Refuse a state directory that reads as empty because it cannot be read at all."""
+    problem = _probe.home_problem(home)
+    if problem is not None:
+        raise journal.UnsafePathError(f"{problem[0]}: {problem[1]}")
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def _fail(args: Any, exc: BaseException, code: int) -> int:
-    if args.verbose:
+    if args is not None and args.verbose:
         traceback.print_exception(exc, file=sys.stderr)
-    message = str(exc) or type(exc).__name__
+    message = " ".join(str(exc).split()) or type(exc).__name__
     sys.stderr.write(f"reconcile: error: {message}\n")
     return code

@@ -1,23 +1,38 @@
-"""The operator and audit commands: each a function of (args, settings) -> exit code."""
+"""The operator and audit commands: each a function of (args, settings) -> exit code.
+
+Human output is aligned ``name: value`` lines in words; ``--json`` prints the same data.
+Where a typo is likely (a cache key without its ``executor:`` prefix, an event type
+without ``session.``), the message says what was probably meant. Exit codes are listed
+in docs/operations.md.
+"""
 
 from __future__ import annotations
 
-import os
+import difflib
+import json
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any
-
-import attrs
 
 import journal
 import reconcile
-from cli._output import age, emit_json, emit_pairs, emit_table, progress, progress_bar
-from reconcile._fast import SETTLED_SESSION
-from reconcile._settings import Settings, redact_url
+from cli import _probe
+from cli._output import age, emit_json, emit_pairs, emit_table, plural, progress, progress_bar
+from cli._output import size as human_size
+
+KEY_FORMS = "executor:ID, agent:ID or agent-name:TEAM/NAME"
 
 
-def hook(args: Any) -> int:
-    """``reconcile [--home H] [--database-url U] hook``: the hook with flags as environment."""
+class UsageError(Exception):
+    """A command-line argument is invalid (exit 2)."""
+
+
+def hook(args: Any, argv: list[str]) -> int:
+    """``reconcile [--home H] [--database-url U] hook [--sync]``: the hook, the global flags
+    as its environment, ``argv`` what followed ``hook``."""
+    import os
+
     from cli._hook import run
 
     env = dict(os.environ)
@@ -25,10 +40,10 @@ def hook(args: Any) -> int:
         env["RECONCILE_HOME"] = args.home
     if args.database_url:
         env["RECONCILE_DATABASE_URL"] = args.database_url
-    return run(env)
+    return run(env, argv=(["--sync"] if args.sync else []) + argv)
 
 
-def compact(args: Any, settings: Settings) -> int:
+def compact(args: Any, settings: reconcile.Settings) -> int:
     with progress_bar("compact", unit="journal") as advance:
         report = journal.compact(
             settings.home,
@@ -41,107 +56,88 @@ def compact(args: Any, settings: Settings) -> int:
     elif report.busy:
         print("another compaction is running; nothing done (use --wait to wait for it)")
     else:
-        skipped = report.skipped.total
-        print(
-            f"folded {report.records} records from {report.files_folded} journals "
-            f"({report.files_archived} archived, {report.live_files} live); "
-            f"{report.entries} entries, {report.evicted} evicted, {skipped} skipped, "
-            f"{report.quarantined} quarantined, in {report.duration_s * 1000:.1f} ms"
+        emit_pairs(
+            [
+                (
+                    "folded",
+                    f"{plural(report.records, 'record')} from "
+                    f"{plural(report.files_folded, 'journal')} "
+                    f"({report.files_archived} archived, {report.live_files} still being written)",
+                ),
+                (
+                    "cache",
+                    f"{plural(report.entries, 'entry', 'entries')}, {report.evicted} evicted",
+                ),
+                ("skipped", plural(report.skipped.total, "corrupt record")),
+                ("quarantined", plural(report.quarantined, "record")),
+                ("took", f"{report.duration_s * 1000:.1f} ms"),
+            ]
         )
     return 0
 
 
-def status(args: Any, settings: Settings) -> int:
-    state = journal.load(settings.home)
-    files = journal.inventory(settings.home)
-    pending = sum(1 for record in state.values() if record.type in reconcile.UNSETTLED)
-    database = _database_status(settings)
-    data: dict[str, Any] = {
-        "home": str(settings.home),
-        "entries": len(state),
-        "max_entries": settings.max_entries,
-        "pending": pending,
-        "skipped": state.skipped.as_dict(),
-        **files.to_dict(),
-        "database": database,
-    }
+def status(args: Any, settings: reconcile.Settings) -> int:
+    data = status_data(settings)
     if args.json:
         emit_json(data)
-        return 0
-    created = files.snapshot_created
-    emit_pairs(
-        [
-            ("home", data["home"]),
-            ("entries", f"{len(state)} of {settings.max_entries}"),
-            ("pending", pending),
-            (
-                "journals",
-                f"{files.journals} ({files.journal_bytes} bytes, "
-                f"{files.live_writers} live writers)",
-            ),
-            ("archive", f"{files.archive_files} files, {files.archive_bytes} bytes"),
-            ("skipped", f"{state.skipped.total} {_nonzero(state.skipped.as_dict())}".rstrip()),
-            ("quarantined", files.quarantined_records),
-            ("last compaction", created or "never"),
-            (
-                "database",
-                f"{database['url'] or 'none'} "
-                f"({'reachable' if database['reachable'] else 'unreachable'}"
-                f"{': ' + database['error'] if database.get('error') else ''})",
-            ),
-            *([("schema", _schema_text(database["schema"]))] if "schema" in database else []),
-        ]
-    )
+    else:
+        emit_pairs(status_rows(data))
     return 0
 
 
-def _nonzero(counts: dict[str, int]) -> str:
-    parts = [f"{reason} {n}" for reason, n in counts.items() if n]
-    return f"({', '.join(parts)})" if parts else ""
-
-
-def _database_status(settings: Settings) -> dict[str, Any]:
-    from reconcile._store import connect, ping, resolve_url
-
-    try:
-        url = resolve_url(settings)
-    except reconcile.DatabaseUnavailableError as exc:
-        return {"url": None, "reachable": False, "error": str(exc)}
-    try:
-        with connect(settings, application="reconcile-status") as conn:
-            version = ping(conn)
-            schema = reconcile.schema_state(conn)
-    except reconcile.DatabaseUnavailableError as exc:
-        return {"url": redact_url(url), "reachable": False, "error": str(exc)}
+def status_data(settings: reconcile.Settings) -> dict[str, Any]:
+    """What ``status --json`` prints; :func:`status_rows` words the same dict."""
+    state = journal.load(settings.home)
+    files = journal.inventory(settings.home)
+    database = _probe.database(settings)
     return {
-        "url": redact_url(url),
-        "reachable": True,
-        "server_version": version,
-        "schema": schema.to_dict(),
+        "home": str(settings.home),
+        "entries": len(state),
+        "max_entries": settings.max_entries,
+        "pending": sum(1 for record in state.values() if record.type in reconcile.UNSETTLED),
+        "skipped": state.skipped.as_dict(),
+        **files.to_dict(),
+        "database": database,
+        "next_step": _probe.database_next_step(database),
     }
 
 
-def _schema_text(schema: dict[str, Any]) -> str:
-    """``current``, or what is wrong and what to run."""
-    if schema["state"] == "current":
-        return "current"
-    hint = " (run `reconcile db migrate`)" if schema["state"] == "drifted" else ""
-    return f"{schema['state'].replace('_', ' ')}: {'; '.join(schema['problems'])}{hint}"
+def status_rows(d: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """One ``(label, value)`` per line of ``status``; a None value leaves the line out."""
+    skipped = sum(d["skipped"].values())
+    reasons = ", ".join(f"{n} {reason}" for reason, n in d["skipped"].items() if n)
+    return [
+        ("state directory", d["home"]),
+        ("cache", f"{plural(d['entries'], 'entry', 'entries')} of at most {d['max_entries']}"),
+        ("pending", f"{d['pending']} (observed, not yet settled with the database)"),
+        (
+            "journals",
+            f"{plural(d['journals'], 'file')}, {human_size(d['journal_bytes'])}, "
+            f"{d['live_writers']} being written",
+        ),
+        ("archive", f"{plural(d['archive_files'], 'file')}, {human_size(d['archive_bytes'])}"),
+        ("skipped", plural(skipped, "corrupt record") + (f" ({reasons})" if reasons else "")),
+        ("quarantined", plural(d["quarantined_records"], "record")),
+        ("last compaction", d["snapshot_created"] or "never"),
+        *_probe.describe_database(d["database"]),
+        ("next step", d["next_step"]),
+    ]
 
 
-def show(args: Any, settings: Settings) -> int:
+def show(args: Any, settings: reconcile.Settings) -> int:
     state = journal.load(settings.home)
-    keys = [args.key] if args.key else sorted(state)
-    records = [state[k] for k in keys if k in state]
-    if args.key and not records:
+    if args.key and args.key not in state:
         if args.json:
             emit_json(None)
-        else:
-            print(f"no entry for {args.key!r}", file=sys.stderr)
+        print(f"reconcile: {_no_entry(args.key, state)}", file=sys.stderr)
         return 1
-    rows = [_entry(record) for record in records]
+    keys = [args.key] if args.key else sorted(state)
+    rows = [_entry(state[key]) for key in keys]
     if args.json:
         emit_json(rows[0] if args.key else rows)
+        return 0
+    if not rows:
+        print("the cache is empty: hooks fill it as they observe sessions")
         return 0
     now = time.time()
     emit_table(
@@ -162,7 +158,7 @@ def show(args: Any, settings: Settings) -> int:
 
 def _entry(record: journal.Record) -> dict[str, Any]:
     data = dict(record.data or {})
-    field = SETTLED_SESSION.get(record.type)
+    field = reconcile.SETTLED_SESSION.get(record.type)
     return {
         "key": record.key,
         "type": record.type,
@@ -174,26 +170,39 @@ def _entry(record: journal.Record) -> dict[str, Any]:
     }
 
 
-def forget(args: Any, settings: Settings) -> int:
+def _no_entry(key: str, keys: Iterable[str]) -> str:
+    """'no cache entry for KEY', with the key probably meant."""
+    keys = list(keys)
+    guess = [k for k in keys if k.split(":", 1)[-1] == key] or difflib.get_close_matches(
+        key, keys, n=1
+    )
+    if guess:
+        return f"no cache entry for {key!r}; did you mean {guess[0]!r}?"
+    if ":" not in key:
+        return f"no cache entry for {key!r}; keys look like {KEY_FORMS} (see: reconcile show)"
+    return f"no cache entry for {key!r} (see: reconcile show)"
+
+
+def forget(args: Any, settings: reconcile.Settings) -> int:
+    state = journal.load(settings.home)
+    if args.key not in state:
+        print(f"reconcile: {_no_entry(args.key, state)}; nothing forgotten", file=sys.stderr)
+        return 1
     with journal.Writer(settings.home, fsync=settings.fsync) as writer:
-        event_id = writer.forget(args.key, type="cache.forgotten")
-    print(event_id)
+        event_id = writer.forget(args.key, type=reconcile.FORGOTTEN)
+    if args.json:
+        emit_json({"key": args.key, "event_id": event_id})
+    else:
+        print(f"forgot {args.key} (event {event_id}): its next hook asks the database")
     return 0
 
 
-def replay(args: Any, settings: Settings) -> int:
+def replay(args: Any, settings: reconcile.Settings) -> int:
+    for name in args.type:
+        if name not in reconcile.EVENT_TYPES:
+            raise UsageError(_unknown_type(name))
     if args.to_db:
-        report = reconcile.replay_to_db(settings)
-        if args.json:
-            emit_json(report.to_dict())
-        else:
-            settled = ", ".join(f"{n} {kind}" for kind, n in sorted(report.outcomes.items()))
-            print(
-                f"{report.pending} pending applied ({settled or 'none'}), "
-                f"{report.superseded} superseded, "
-                f"{report.audit_rows_inserted} missing audit rows inserted"
-            )
-        return 0
+        return _replay_to_db(args, settings)
     records = reconcile.events(
         settings,
         since=args.since,
@@ -202,9 +211,8 @@ def replay(args: Any, settings: Settings) -> int:
         executor=args.executor,
         types=tuple(args.type),
     )
-    import json
-
     out = sys.stdout
+    count = 0
     for record in progress(records, desc="replay"):
         line = {
             "id": record.id,
@@ -215,62 +223,79 @@ def replay(args: Any, settings: Settings) -> int:
             "data": record.data,
         }
         out.write(json.dumps(line, separators=(",", ":"), default=dict) + "\n")
+        count += 1
+    if count == 0 and args.key and ":" not in args.key:
+        print(
+            f"reconcile: no events for key {args.key!r}; keys look like {KEY_FORMS}",
+            file=sys.stderr,
+        )
     return 0
 
 
-def verify(args: Any, settings: Settings) -> int:
+def _unknown_type(name: str) -> str:
+    known = reconcile.EVENT_TYPES
+    guess = [t for t in known if t.split(".", 1)[-1] == name] or difflib.get_close_matches(
+        name, known, n=1
+    )
+    hint = f"did you mean {guess[0]}?" if guess else "known types: " + ", ".join(known)
+    return f"argument --type: unknown event type {name!r}; {hint}"
+
+
+def _replay_to_db(args: Any, settings: reconcile.Settings) -> int:
+    with progress_bar("replay --to-db", unit="observation") as advance:
+        report = reconcile.replay_to_db(settings, progress=advance)
+    if args.json:
+        emit_json(report.to_dict())
+        return 0
+    settled = ", ".join(f"{n} {kind}" for kind, n in sorted(report.outcomes.items()))
+    emit_pairs(
+        [
+            ("applied", f"{report.pending} pending" + (f" ({settled})" if settled else "")),
+            ("superseded", f"{report.superseded} pending (a later event made them moot)"),
+            ("audit rows", f"{report.audit_rows_inserted} missing ones inserted"),
+        ]
+    )
+    return 0
+
+
+def verify(args: Any, settings: reconcile.Settings) -> int:
     report = reconcile.verify(settings, db=args.db)
     if args.json:
         emit_json(report.to_dict())
-    else:
-        print(
-            f"{report.entries} cache entries, {report.history_records} history records, "
-            f"{report.unverifiable} unverifiable: "
-            + ("consistent" if report.ok else f"{len(report.differences)} differences")
-        )
-        for difference in report.differences:
-            print(f"  {difference}")
+        return 0 if report.ok else 1
+    compared = "history, cache and database" if args.db else "history and cache"
+    emit_pairs(
+        [
+            (
+                "verdict",
+                f"consistent: {compared} agree"
+                if report.ok
+                else f"{plural(len(report.differences), 'difference')} between {compared}",
+            ),
+            ("cache", plural(report.entries, "entry", "entries")),
+            ("history", plural(report.history_records, "record")),
+            (
+                "unverifiable",
+                f"{report.unverifiable} (entries whose history the archive retention dropped)",
+            ),
+        ]
+    )
+    for difference in report.differences:
+        print(f"  {difference.key}: {_explain(difference)} ({difference.kind})")
     return 0 if report.ok else 1
 
 
-def db(args: Any, settings: Settings) -> int:
-    embedded = not settings.database_url
-    if args.action in ("up", "down") and not embedded:
-        raise reconcile.ConfigError(
-            f"`db {args.action}` manages the embedded server; "
-            "unset RECONCILE_DATABASE_URL to use it"
-        )
-    result: dict[str, Any]
-    if args.action in ("up", "down", "status") or (args.action == "url" and embedded):
-        from reconcile import _server
-    if args.action == "up":
-        result = {"url": _server.up(settings.home), "running": True}
-        with reconcile.migration_connection(settings) as conn:  # the tool's own database
-            result["applied"] = reconcile.migrate(conn, create_tables=True)
-    elif args.action == "down":
-        result = {"stopped": _server.down(settings.home)}
-    elif args.action == "url":
-        # The embedded URL carries no password; a configured one is shown redacted.
-        url = redact_url(settings.database_url) or _server.url(settings.home)
-        if url is None:
-            raise reconcile.DatabaseUnavailableError(
-                "the embedded server is not running: reconcile db up"
-            )
-        if args.json:
-            emit_json({"url": url})
-        else:
-            print(url)
-        return 0
-    elif args.action == "status":
-        result = _database_status(settings)
-        if embedded:
-            result["embedded"] = attrs.asdict(_server.status(settings.home))
-    else:  # the embedded database is the tool's own; elsewhere only with --create-tables
-        own = args.create_tables or embedded
-        with reconcile.migration_connection(settings) as conn:
-            result = {"applied": reconcile.migrate(conn, create_tables=own)}
-    if args.json:
-        emit_json(result)
-    else:
-        emit_pairs((k, v) for k, v in result.items())
-    return 0 if result.get("reachable", True) else 3
+def _explain(difference: reconcile.Difference) -> str:
+    expected, found = difference.expected, difference.found
+    if difference.kind == "executor_missing":
+        if expected is None:
+            return "this entry names no executor to compare with"
+        return f"the database has no executor {expected!r}; this entry settled a session for it"
+    if difference.kind == "database_differs":
+        held = "no session" if found is None else f"session {found!r}"
+        return f"the database holds {held}; the journal says {expected!r}"
+    if difference.kind == "snapshot_differs":
+        return f"the cache holds event {found}; the history's latest is {expected}"
+    if difference.kind == "missing_from_cache":
+        return f"the history has event {expected}, newer than the cache's oldest, but no entry"
+    return f"{difference.kind}: expected {expected}, found {found}"

@@ -252,20 +252,16 @@ def _run_forks(rounds: list[list[Fork]], concurrency: int) -> list[tuple[int, fl
 
 
 def _settle(settings: reconcile.Settings, keys: int, say: Any) -> int:
-    """Wait until every key's latest record settled a session or is pending: a hook
-    settles its miss before it exits, a detached reconciler after. Then settle what is
-    still pending in the foreground, as ``reconcile replay --to-db`` does; return how
-    many that was (none unless the database did not answer a hook in time)."""
+    """Wait until no key's latest record is an observation still to settle (the detached
+    reconciler a hook starts settles them after the hook exits); then settle in the
+    foreground, as ``reconcile replay --to-db`` does, whatever is left (nothing, unless
+    the database did not answer in time). Returns how many that was."""
     deadline = time.monotonic() + SETTLE_DEADLINE_S
-    waiting = reconcile.SETTLED_SESSION.keys() | {reconcile.PENDING}
     while time.monotonic() < deadline:
         state = journal.load(settings.home)
-        if len(state) >= keys and all(r.type in waiting for r in state.values()):
-            break
+        if len(state) >= keys and not any(r.type in reconcile.UNSETTLED for r in state.values()):
+            return 0
         time.sleep(0.1)
-    state = journal.load(settings.home)
-    if all(r.type in reconcile.SETTLED_SESSION for r in state.values()):
-        return 0
     say("settling what the database did not answer in time (reconcile replay --to-db)")
     return reconcile.replay_to_db(settings).pending
 

@@ -1,4 +1,8 @@
-"""Output helpers: JSON or aligned text, time arguments, progress on a terminal only."""
+"""Output helpers: JSON or aligned text, time arguments, progress on a terminal only.
+
+Human output is words and aligned fields, never a Python repr; every command that reports
+something also has ``--json``, built from the same dict.
+"""
 
 from __future__ import annotations
 
@@ -30,11 +34,32 @@ def emit_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
 
 
 def emit_pairs(pairs: Iterable[tuple[str, Any]]) -> None:
-    """``name: value`` lines on stdout, names aligned."""
-    pairs = list(pairs)
+    """``name: value`` lines on stdout, names aligned; a None value leaves its line out."""
+    pairs = [(name, value) for name, value in pairs if value is not None]
     width = max((len(name) for name, _ in pairs), default=0)
     for name, value in pairs:
         sys.stdout.write(f"{name + ':':<{width + 1}} {value}\n")
+
+
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """``1 entry``, ``2 entries``: a count and its noun."""
+    return f"{count} {word if count == 1 else words or word + 's'}"
+
+
+def size(count_bytes: int) -> str:
+    """A byte count for people: 812 bytes, 4.1 KiB, 3.2 MiB."""
+    if count_bytes < 1024:
+        return plural(count_bytes, "byte")
+    value = float(count_bytes)
+    for unit in ("KiB", "MiB", "GiB"):
+        value /= 1024
+        if value < 1024 or unit == "GiB":
+            break
+    return f"{value:.1f} {unit}"
+
+
+def yes_no(value: bool) -> str:
+    return "yes" if value else "no"
 
 
 def parse_time(text: str, *, now: float | None = None) -> str:
@@ -64,7 +89,7 @@ def progress(items: Iterable[T], *, total: int | None = None, desc: str = "") ->
     if not sys.stderr.isatty():
         yield from items
         return
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs; used at the edge only
 
     yield from tqdm(items, total=total, desc=desc, unit="", leave=False, file=sys.stderr)
 
@@ -86,7 +111,7 @@ def progress_bar(desc: str, unit: str = "") -> Iterator[Callable[[int, int], Non
     if not sys.stderr.isatty():
         yield lambda done, total: None
         return
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs; used at the edge only
 
     bar = tqdm(desc=desc, unit=unit, leave=False, file=sys.stderr)
 

@@ -1,0 +1,116 @@
+"""``reconcile db migrate|up|down|status|url``: the database's schema and the embedded server.
+
+``db up`` starts the embedded server and migrates it: that database is the tool's own, so
+its tables are created with it and the first hook finds them. Its stdout is the URL alone
+(``url=$(reconcile db up)`` works); what it did goes to stderr. A configured database
+(``RECONCILE_DATABASE_URL``) is migrated only by an explicit ``db migrate``, which
+creates the orchestrator's tables only with ``--create-tables`` (docs/operations.md,
+"Beside an orchestrator").
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import attrs
+
+import reconcile
+from cli import _probe
+from cli._output import emit_json, emit_pairs
+
+
+def db(args: Any, settings: reconcile.Settings) -> int:
+    embedded = not settings.database_url
+    if args.action in ("up", "down") and not embedded:
+        raise reconcile.ConfigError(
+            f"`db {args.action}` manages the embedded server; "
+            "unset RECONCILE_DATABASE_URL to use it"
+        )
+    action: dict[str, Any] = {
+        "migrate": _migrate,
+        "up": _up,
+        "down": _down,
+        "status": _status,
+        "url": _url,
+    }
+    return int(action[args.action](args, settings))
+
+
+def _up(args: Any, settings: reconcile.Settings) -> int:
+    started = reconcile.server_url(settings.home) is None
+    url = reconcile.server_up(settings.home)
+    with reconcile.migration_connection(settings) as conn:  # the tool's own database
+        applied = reconcile.migrate(conn, create_tables=True)
+    if args.json:
+        emit_json({"url": url, "started": started, "applied": applied})
+        return 0
+    print(url)
+    server = "started" if started else "already running"
+    tables = _applied(applied)
+    print(f"reconcile: embedded PostgreSQL {server}; {tables}", file=sys.stderr)
+    return 0
+
+
+def _applied(applied: list[str]) -> str:
+    """What a migration did, in words: ``created table agents, ...``."""
+    return ", ".join(applied) if applied else "the schema is current"
+
+
+def _down(args: Any, settings: reconcile.Settings) -> int:
+    stopped = reconcile.server_down(settings.home)
+    if args.json:
+        emit_json({"stopped": stopped})
+    else:
+        print(
+            "stopped the embedded PostgreSQL"
+            if stopped
+            else "the embedded PostgreSQL was not running"
+        )
+    return 0
+
+
+def _migrate(args: Any, settings: reconcile.Settings) -> int:
+    own = args.create_tables or not settings.database_url  # the embedded one is its own
+    with reconcile.migration_connection(settings) as conn:
+        applied = reconcile.migrate(conn, create_tables=own)
+    if args.json:
+        emit_json({"applied": applied})
+    else:
+        print(_applied(applied))
+    return 0
+
+
+def _status(args: Any, settings: reconcile.Settings) -> int:
+    found = _probe.database(settings)
+    found["next_step"] = _probe.database_next_step(found)
+    server = reconcile.server_status(settings.home) if found["embedded"] else None
+    if args.json:
+        emit_json({**found, "server": attrs.asdict(server) if server else None})
+    else:
+        rows = _probe.describe_database(found)
+        if server is not None:
+            rows.append(("server", _describe_server(server)))
+            rows.append(("data", server.data_dir))
+        emit_pairs([*rows, ("next step", found["next_step"])])
+    return 0 if found["reachable"] else 3
+
+
+def _describe_server(server: reconcile.ServerStatus) -> str:
+    if server.running:
+        return f"running (pid {server.pid}, port {server.port})"
+    return "stopped" if server.initialized else "not set up yet (reconcile db up does it)"
+
+
+def _url(args: Any, settings: reconcile.Settings) -> int:
+    # The embedded URL carries no password; a configured one is shown redacted.
+    url = reconcile.redact_url(settings.database_url) or reconcile.server_url(settings.home)
+    if url is None:
+        raise reconcile.DatabaseUnavailableError(
+            "the embedded server is not running; run: reconcile db up"
+        )
+    if args.json:
+        emit_json({"url": url})
+    else:
+        print(url)
+    return 0
