@@ -158,9 +158,9 @@ def run(argv: list[str]) -> int:
         settings = reconcile.Settings.from_env(
             os.environ, home=args.home, database_url=args.database_url
         )
-        reconcile.configure_logging(settings, verbose=args.verbose)
-        if args.needs_home:
-            _check_home(settings.home)
+        if args.needs_home:  # doctor, install-hooks and demo leave the home alone
+            _check_home(settings.home)  # first: logging writes under the home
+            reconcile.configure_logging(settings, verbose=args.verbose)
         code = int(args.handler(args, settings))
         sys.stdout.flush()  # a closed pipe shows here, not at exit
         return code

@@ -171,14 +171,23 @@ def _entry(record: journal.Record) -> dict[str, Any]:
 
 
 def _no_entry(key: str, keys: Iterable[str]) -> str:
-    """'no cache entry for KEY', with the key probably meant."""
-    keys = list(keys)
-    guess = [k for k in keys if k.split(":", 1)[-1] == key] or difflib.get_close_matches(
-        key, keys, n=1
-    )
+    """'no cache entry for KEY', with the key probably meant: the same id under its
+    prefix (``e-1`` -> ``executor:e-1``), or a close spelling of the id."""
+    prefix, _, ident = key.rpartition(":")
+    ids: dict[str, list[str]] = {}
+    for candidate in keys:
+        ids.setdefault(candidate.rpartition(":")[2], []).append(candidate)
+    if not prefix and key in ids:
+        guess: str | None = ids[key][0]
+    else:
+        close = difflib.get_close_matches(ident, list(ids), n=1, cutoff=0.75)
+        same = (
+            [k for k in ids[close[0]] if not prefix or k.startswith(prefix + ":")] if close else []
+        )
+        guess = same[0] if same else None
     if guess:
-        return f"no cache entry for {key!r}; did you mean {guess[0]!r}?"
-    if ":" not in key:
+        return f"no cache entry for {key!r}; did you mean {guess!r}?"
+    if not prefix:
         return f"no cache entry for {key!r}; keys look like {KEY_FORMS} (see: reconcile show)"
     return f"no cache entry for {key!r} (see: reconcile show)"
 

@@ -68,6 +68,7 @@ def run(args: Any, settings: reconcile.Settings) -> int:
     }
     env["RECONCILE_HOME"] = str(home)
     demo = reconcile.Settings.from_env(env)
+    reconcile.configure_logging(demo, verbose=args.verbose)
     try:
         say(f"starting a PostgreSQL of its own in {home / 'pg'}")
         url = reconcile.server_up(home)

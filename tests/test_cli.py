@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from reconcile_helpers import (
+    audit_rows,
     clean_env,
+    query,
     reconcile_command,
     run_hook,
     seed,
@@ -17,6 +23,8 @@ from reconcile_helpers import (
     wait_idle,
     wait_settled,
 )
+
+import journal
 
 
 def cli(*args: str, home: Path, url: str | None = None, stdin: bytes = b"", **env: str):
@@ -66,17 +74,18 @@ def test_status_show_forget_compact(home, db):
     assert status["entries"] == 2 and status["pending"] == 1
     assert status["journals"] == 3 and status["database"]["reachable"] is True
     human = cli("status", home=home, url=db)
-    assert human.returncode == 0 and b"entries:" in human.stdout
+    assert human.returncode == 0 and b"cache:           2 entries" in human.stdout
 
     shown = json.loads(cli("show", "executor:e-1", "--json", home=home).stdout)
     assert (shown["type"], shown["session_id"]) == ("session.reconciled", "s-new")
     table = cli("show", home=home).stdout.decode()
     assert "executor:e-1" in table and "executor:e-7" in table
     missing = cli("show", "executor:nope", home=home)
-    assert missing.returncode == 1 and b"no entry" in missing.stderr
+    assert missing.returncode == 1 and b"no cache entry" in missing.stderr
 
-    forgotten = cli("forget", "executor:e-1", home=home)
-    assert forgotten.returncode == 0 and len(forgotten.stdout.strip()) == 36
+    forgotten = cli("forget", "executor:e-1", "--json", home=home)
+    assert forgotten.returncode == 0
+    assert json.loads(forgotten.stdout)["key"] == "executor:e-1"
     assert b"executor:e-1" not in cli("show", home=home).stdout
 
     compacted = json.loads(cli("compact", "--json", home=home).stdout)
@@ -141,10 +150,12 @@ def test_verify_exit_codes(home, db):
     assert unreachable.returncode == 3
 
 
-def test_usage_errors_exit_2(home):
-    assert cli("compact", "--max-entries", "0", home=home).returncode == 2
-    assert cli("no-such-command", home=home).returncode == 2
-    assert cli(home=home).returncode == 2
+def test_usage_errors_exit_2_in_one_line(home):
+    for args in (("compact", "--max-entries", "0"), ("no-such-command",), (), ("status", "-x")):
+        done = cli(*args, home=home)
+        assert done.returncode == 2, args
+        assert done.stderr.startswith(b"reconcile") and done.stderr.count(b"\n") == 1, done.stderr
+        assert b"--help" in done.stderr  # where to look next
     bad_env = cli("status", home=home, RECONCILE_STATEMENT_TIMEOUT="soon")
     assert bad_env.returncode == 2
     assert bad_env.stderr.startswith(b"reconcile: error: RECONCILE_STATEMENT_TIMEOUT")
@@ -219,3 +230,255 @@ def test_install_hooks_leaves_invalid_json_untouched(tmp_path, home):
     assert settings.read_text() == '{"hooks": {,,}'
     assert not (tmp_path / "settings.json.bak").exists()
     os.chmod(settings, 0o600)
+
+
+# -- what a newcomer trips over ---------------------------------------------------------
+
+
+def wait_until(condition: Callable[[], bool], deadline_s: float = 120) -> bool:
+    """Poll ``condition`` until it holds or the deadline passes: a hook may leave the
+    database work to a detached process, which a loaded machine runs when it can."""
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+REPRS = ("None", "True", "False", "{'", "['", "Traceback")
+
+
+@pytest.fixture
+def own_home() -> Path:
+    """A state directory for an embedded server of its own, outside pytest's temporary
+    root (as root the server's user must traverse every parent, and each pytest session
+    resets that root to 0700); its server is stopped afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="reconcile-test-cli-")) / "home"
+    yield path
+    cli("db", "down", home=path)
+    shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def test_db_up_creates_the_tables_so_the_first_miss_settles(own_home):
+    up = cli("db", "up", home=own_home)
+    assert up.returncode == 0, up.stderr
+    url = up.stdout.decode().strip()
+    assert url.startswith("postgresql://") and up.stdout.count(b"\n") == 1  # the URL alone
+    assert b"applied 2 migrations" in up.stderr and not any(r in up.stderr.decode() for r in REPRS)
+    again = cli("db", "up", "--json", home=own_home)
+    assert json.loads(again.stdout) == {"url": url, "started": False, "applied": []}
+    status = cli("status", home=own_home)
+    assert b"tables:          current" in status.stdout and b"next step" not in status.stdout
+
+    seed(url, [], [("e-1", None, "s-old", "running")])
+    run_hook(own_home, None, {"session_id": "s-new"}, RECONCILE_EXECUTOR_ID="e-1")
+    assert wait_until(lambda: session_of(url, "e-1") == "s-new")
+    assert len(audit_rows(url, "e-1")) == 1
+
+    down = cli("db", "down", home=own_home)
+    assert down.stdout == b"stopped the embedded PostgreSQL\n"
+    stopped = cli("db", "status", home=own_home)
+    assert stopped.returncode == 3 and b"next step: reconcile db up" in stopped.stdout
+
+
+def test_missing_tables_name_the_next_step(home, database_url, tmp_path):
+    human = cli("status", home=home, url=database_url)
+    assert human.returncode == 0
+    assert b"missing agents, executors, audit_events" in human.stdout
+    assert b"next step:       reconcile db migrate" in human.stdout
+    data = json.loads(cli("status", "--json", home=home, url=database_url).stdout)
+    assert data["database"]["schema"] == "missing"
+    assert data["next_step"] == "reconcile db migrate"
+
+    run_hook(home, database_url, {"session_id": "s-1"}, RECONCILE_EXECUTOR_ID="e-1")
+    for args in (("verify", "--db"), ("replay", "--to-db")):
+        done = cli(*args, home=home, url=database_url)
+        assert done.returncode == 3, args
+        assert done.stderr.count(b"\n") == 1 and b"run: reconcile db migrate" in done.stderr
+    doctor = cli(
+        "doctor", "--json", "--settings", str(tmp_path / "s.json"), home=home, url=database_url
+    )
+    assert doctor.returncode == 3
+    assert json.loads(doctor.stdout)["next_step"] == "reconcile db migrate"
+
+    assert cli("db", "migrate", home=home, url=database_url).stdout == (
+        b"applied 2 migrations (0001_tables, 0002_audit_event_id)\n"
+    )
+    data = json.loads(cli("status", "--json", home=home, url=database_url).stdout)
+    assert (data["database"]["schema"], data["next_step"]) == ("current", None)
+    again = cli("db", "migrate", home=home, url=database_url)
+    assert again.stdout == b"the tables are current\n"
+
+
+def _blocked_home(tmp_path: Path, kind: str) -> Path:
+    target = tmp_path / "target"
+    target.mkdir()
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    if kind == "file":
+        return blocker
+    if kind == "below-a-file":
+        return blocker / "home"
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    return link
+
+
+@pytest.mark.parametrize("kind", ["file", "below-a-file", "symlink"])
+@pytest.mark.parametrize(
+    "command",
+    [("status",), ("show",), ("replay",), ("verify",), ("compact",), ("forget", "executor:e-1")],
+    ids=lambda c: c[0],
+)
+def test_commands_refuse_an_unusable_home(tmp_path, kind, command):
+    home = _blocked_home(tmp_path, kind)
+    done = cli(*command, home=home)
+    assert done.returncode == 3, done.stdout
+    assert done.stderr.count(b"\n") == 1 and done.stdout == b""
+    assert b"RECONCILE_HOME" in done.stderr  # says what to do
+    assert (tmp_path / "file").read_text() == "not a directory"
+    assert list((tmp_path / "target").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("replay",), ("status",), ("db", "status"), ("show",), ("verify",), ("doctor",)],
+    ids=" ".join,
+)
+def test_a_closed_pipe_ends_quietly_with_141(home, db, command):
+    run_hook(home, db, {"session_id": "s-new"}, RECONCILE_EXECUTOR_ID="e-1")
+    env = clean_env(RECONCILE_HOME=str(home), RECONCILE_DATABASE_URL=db)
+    read, write = os.pipe()
+    os.close(read)  # nobody will read: the first write fails with EPIPE
+    try:
+        done = subprocess.run(
+            [*reconcile_command(), *command], stdout=write, stderr=subprocess.PIPE, env=env
+        )
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (141, b"")
+
+
+def test_human_output_is_words_not_python_reprs(home, db):
+    run_hook(home, db, {"session_id": "s-new"}, RECONCILE_EXECUTOR_ID="e-1")
+    commands = [
+        ("status",),
+        ("db", "status"),
+        ("db", "migrate"),
+        ("db", "url"),
+        ("show",),
+        ("verify", "--db"),
+        ("compact",),
+        ("replay", "--to-db"),
+    ]
+    for args in commands:
+        done = cli(*args, home=home, url=db)
+        assert done.returncode == 0, (args, done.stderr)
+        text = done.stdout.decode()
+        assert not [r for r in REPRS if r in text], (args, text)
+        assert " 1 entries" not in text and " 1 records" not in text, text
+
+
+def test_typos_get_a_hint_and_change_nothing(home, db):
+    run_hook(home, db, {"session_id": "s-new"}, RECONCILE_EXECUTOR_ID="e-1")
+    assert wait_until(lambda: "executor:e-1" in journal.load(home))
+    before = len(list(journal.history(home)))
+
+    shown = cli("show", "e-1", home=home)
+    assert shown.returncode == 1 and b"did you mean 'executor:e-1'?" in shown.stderr
+    for key in ("e-1", "no:such:key"):
+        forgotten = cli("forget", key, home=home)
+        assert forgotten.returncode == 1 and b"nothing forgotten" in forgotten.stderr
+    assert b"did you mean 'executor:e-1'?" in cli("forget", "e-1", home=home).stderr
+    assert len(list(journal.history(home))) == before  # no tombstone written
+
+    typed = cli("replay", "--type", "reconciled", home=home)
+    assert typed.returncode == 2 and typed.stderr.count(b"\n") == 1
+    assert b"did you mean session.reconciled?" in typed.stderr
+    keyless = cli("replay", "--key", "e-1", home=home)
+    assert keyless.returncode == 0 and keyless.stdout == b""
+    assert b"keys look like executor:ID" in keyless.stderr
+
+
+def test_the_hook_exits_0_whatever_its_arguments(home, db):
+    env = clean_env(
+        RECONCILE_HOME=str(home), RECONCILE_DATABASE_URL=db, RECONCILE_EXECUTOR_ID="e-1"
+    )
+    for argv in (["hook", "-v"], ["--home", str(home), "hook", "--no-such-flag", "x"]):
+        done = subprocess.run(
+            [*reconcile_command(), *argv],
+            input=b'{"session_id": "s-args"}',
+            capture_output=True,
+            env=env,
+            timeout=120,
+        )
+        assert (done.returncode, done.stdout, done.stderr) == (0, b"", b""), argv
+    assert wait_until(lambda: session_of(db, "e-1") == "s-args")  # and it did its work
+
+
+def test_verify_words_its_differences(home, db):
+    run_hook(home, db, {"session_id": "s-new"}, RECONCILE_EXECUTOR_ID="e-1")
+    assert wait_until(lambda: session_of(db, "e-1") == "s-new")
+    query(db, "UPDATE executors SET claude_session_id = 'changed' WHERE id = 'e-1' RETURNING id")
+    done = cli("verify", "--db", home=home, url=db)
+    assert done.returncode == 1
+    assert b"1 difference between history, cache and database" in done.stdout
+    assert b"the database holds session 'changed'; the journal says 's-new'" in done.stdout
+
+    query(db, "DELETE FROM executors WHERE id = 'e-1' RETURNING id")
+    done = cli("verify", "--db", home=home, url=db)
+    assert b"the database has no executor 'e-1'" in done.stdout
+    [difference] = json.loads(cli("verify", "--db", "--json", home=home, url=db).stdout)[
+        "differences"
+    ]
+    assert (difference["kind"], difference["expected"]) == ("executor_missing", "e-1")
+
+
+def test_doctor_names_the_first_thing_wrong_until_all_is_well(tmp_path, database_url):
+    home = tmp_path / "home"
+    settings = tmp_path / "claude" / "settings.json"
+
+    def doctor(url: str | None = database_url) -> tuple[int, dict]:
+        done = cli("doctor", "--json", "--settings", str(settings), home=home, url=url)
+        assert done.stderr == b""
+        return done.returncode, json.loads(done.stdout)
+
+    home.write_text("not a directory")
+    code, report = doctor()
+    assert (code, report["checks"][0]["status"]) == (3, "FAILED")
+    assert "RECONCILE_HOME" in report["next_step"]
+    home.unlink()
+
+    code, report = doctor(url=None)  # the embedded default, not started
+    assert (code, report["next_step"]) == (3, "reconcile db up")
+    assert not home.exists()  # looking creates nothing
+    code, report = doctor(url="postgresql://x:pw@127.0.0.1:9/d")
+    statuses = {c["name"]: c["status"] for c in report["checks"]}
+    assert (statuses["reachable"], statuses["tables"]) == ("FAILED", "not checked")
+    assert "RECONCILE_DATABASE_URL" in report["next_step"] and "pw" not in json.dumps(report)
+
+    code, report = doctor()
+    assert (code, report["next_step"]) == (3, "reconcile db migrate")
+    assert cli("db", "migrate", home=home, url=database_url).returncode == 0
+    code, report = doctor()
+    assert report["next_step"] == f"reconcile install-hooks --settings {settings}"
+
+    absent = "/nonexistent/bin/reconcile hook"
+    assert (
+        cli("install-hooks", "--settings", str(settings), "--command", absent, home=home).returncode
+        == 0
+    )
+    code, report = doctor()
+    assert code == 3 and "--command" in report["next_step"]
+    assert "is not on PATH" in report["checks"][-1]["detail"]
+
+    script = Path(reconcile_command()[0])
+    assert script.name == "reconcile", "the tests run against the installed script"
+    group = {"matcher": "*", "hooks": [{"type": "command", "command": f"{script} hook"}]}
+    settings.write_text(json.dumps({"hooks": {"PreToolUse": [group]}}))
+    code, report = doctor()
+    assert (code, report["ok"], report["next_step"]) == (0, True, None)
+    human = cli("doctor", "--settings", str(settings), home=home, url=database_url)
+    assert human.returncode == 0 and b"all is well" in human.stdout
+    assert not [r for r in REPRS if r in human.stdout.decode()]
