@@ -89,7 +89,7 @@ def progress(items: Iterable[T], *, total: int | None = None, desc: str = "") ->
     if not sys.stderr.isatty():
         yield from items
         return
-    from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs; used at the edge only
+    from tqdm import tqdm
 
     yield from tqdm(items, total=total, desc=desc, unit="", leave=False, file=sys.stderr)
 
@@ -111,7 +111,7 @@ def progress_bar(desc: str, unit: str = "") -> Iterator[Callable[[int, int], Non
     if not sys.stderr.isatty():
         yield lambda done, total: None
         return
-    from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs; used at the edge only
+    from tqdm import tqdm
 
     bar = tqdm(desc=desc, unit=unit, leave=False, file=sys.stderr)
 

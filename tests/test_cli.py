@@ -7,8 +7,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -138,6 +136,7 @@ def test_replay_filters_and_to_db(home, db):
 
 def test_verify_exit_codes(home, db):
     run_hook(home, db, {"session_id": "s-new"}, RECONCILE_EXECUTOR_ID="e-1")
+    wait_settled(home)  # the reconciler must not settle after the row changes below
     assert cli("verify", "--db", home=home, url=db).returncode == 0
     from reconcile_helpers import query
 
@@ -235,17 +234,6 @@ def test_install_hooks_leaves_invalid_json_untouched(tmp_path, home):
 # -- what a newcomer trips over ---------------------------------------------------------
 
 
-def wait_until(condition: Callable[[], bool], deadline_s: float = 120) -> bool:
-    """Poll ``condition`` until it holds or the deadline passes: a hook may leave the
-    database work to a detached process, which a loaded machine runs when it can."""
-    deadline = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 REPRS = ("None", "True", "False", "{'", "['", "Traceback")
 
 
@@ -273,7 +261,8 @@ def test_db_up_creates_the_tables_so_the_first_miss_settles(own_home):
 
     seed(url, [], [("e-1", None, "s-old", "running")])
     run_hook(own_home, None, {"session_id": "s-new"}, RECONCILE_EXECUTOR_ID="e-1")
-    assert wait_until(lambda: session_of(url, "e-1") == "s-new")
+    wait_settled(own_home)
+    assert session_of(url, "e-1") == "s-new"
     assert len(audit_rows(url, "e-1")) == 1
 
     down = cli("db", "down", home=own_home)
@@ -348,6 +337,7 @@ def test_commands_refuse_an_unusable_home(tmp_path, kind, command):
 )
 def test_a_closed_pipe_ends_quietly_with_141(home, db, command):
     run_hook(home, db, {"session_id": "s-new"}, RECONCILE_EXECUTOR_ID="e-1")
+    wait_settled(home)
     env = clean_env(RECONCILE_HOME=str(home), RECONCILE_DATABASE_URL=db)
     read, write = os.pipe()
     os.close(read)  # nobody will read: the first write fails with EPIPE
@@ -362,6 +352,7 @@ def test_a_closed_pipe_ends_quietly_with_141(home, db, command):
 
 def test_human_output_is_words_not_python_reprs(home, db):
     run_hook(home, db, {"session_id": "s-new"}, RECONCILE_EXECUTOR_ID="e-1")
+    wait_settled(home)
     commands = [
         ("status",),
         ("db", "status"),
@@ -382,7 +373,7 @@ def test_human_output_is_words_not_python_reprs(home, db):
 
 def test_typos_get_a_hint_and_change_nothing(home, db):
     run_hook(home, db, {"session_id": "s-new"}, RECONCILE_EXECUTOR_ID="e-1")
-    assert wait_until(lambda: "executor:e-1" in journal.load(home))
+    wait_settled(home)
     before = len(list(journal.history(home)))
 
     shown = cli("show", "e-1", home=home)
@@ -414,12 +405,14 @@ def test_the_hook_exits_0_whatever_its_arguments(home, db):
             timeout=120,
         )
         assert (done.returncode, done.stdout, done.stderr) == (0, b"", b""), argv
-    assert wait_until(lambda: session_of(db, "e-1") == "s-args")  # and it did its work
+    wait_settled(home)
+    assert session_of(db, "e-1") == "s-args"  # and it did its work
 
 
 def test_verify_words_its_differences(home, db):
     run_hook(home, db, {"session_id": "s-new"}, RECONCILE_EXECUTOR_ID="e-1")
-    assert wait_until(lambda: session_of(db, "e-1") == "s-new")
+    wait_settled(home)
+    assert session_of(db, "e-1") == "s-new"
     query(db, "UPDATE executors SET claude_session_id = 'changed' WHERE id = 'e-1' RETURNING id")
     done = cli("verify", "--db", home=home, url=db)
     assert done.returncode == 1

@@ -14,7 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from reconcile_helpers import audit_rows, clean_env, query, reconcile_command, run_hook, seed
+from reconcile_helpers import (
+    audit_rows,
+    clean_env,
+    query,
+    reconcile_command,
+    run_hook,
+    seed,
+    wait_settled,
+)
 
 import journal
 
@@ -56,6 +64,7 @@ def test_demo_reports_no_loss_and_leaves_the_users_state_alone(scratch, tmp_path
     assert demo("--database-url", database_url, "db", "migrate").returncode == 0
     seed(database_url, [], [("e-1", None, "s-old", "running")])
     run_hook(real_home, database_url, {"session_id": "s-1"}, RECONCILE_EXECUTOR_ID="e-1")
+    wait_settled(real_home)
     before = snapshot_of(real_home)
     temporary = scratch / "tmp"
     temporary.mkdir()
@@ -77,8 +86,10 @@ def test_demo_reports_no_loss_and_leaves_the_users_state_alone(scratch, tmp_path
     assert report["hits"] + report["misses"] == 60
     assert report["lost"] == 0 and report["verified"] is True
     assert report["hits"] > 0 and report["misses"] >= 8  # every agent missed at least once
-    assert report["replayed"] == 0 and report["pending"] == 0  # patient timeouts
-    assert report["db_transactions"] == report["misses"]  # one statement per miss
+    assert report["replayed"] == 0  # patient timeouts: the reconcilers settled everything
+    settled = report["reconciled"] + report["divergence_preserved"] + report["confirmed"]
+    assert report["db_transactions"] == settled <= report["misses"]  # one per settlement
+    assert 1 <= report["db_connections"] <= report["misses"]  # none by the hooks
     assert report["audit_rows"] == report["reconciled"] + report["divergence_preserved"]
     assert 0 < report["p50_ms"] <= report["p99_ms"]
     assert report["home"] is None
@@ -98,7 +109,7 @@ def test_demo_home_is_kept_consistent_and_never_reused(scratch):
     assert done.returncode == 0, done.stderr
     assert not never.exists()
     text = done.stdout.decode()
-    for part in ("What ran", "What the hooks did", "What it proves", "verified", str(kept)):
+    for part in ("What ran", "What happened", "What it proves", "verified", str(kept)):
         assert part in text
     assert not [r for r in ("None", "True", "{'", "Traceback") if r in text]
     assert len(text.splitlines()) <= 24  # one screen

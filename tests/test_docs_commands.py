@@ -27,7 +27,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-from reconcile_helpers import ROOT, clean_env, reconcile_command, seed
+from reconcile_helpers import ROOT, clean_env, reconcile_command, seed, wait_settled
 
 import journal
 
@@ -101,8 +101,9 @@ def documented() -> dict[tuple[str, ...], str]:
 
 @cache
 def help_text(*command: str) -> str:
+    # A global flag first: `reconcile hook ...` goes straight to the hook, help or not.
     done = subprocess.run(
-        [*reconcile_command(), *command, "--help"], capture_output=True, env=clean_env()
+        [*reconcile_command(), "-v", *command, "--help"], capture_output=True, env=clean_env()
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.decode()
@@ -263,11 +264,8 @@ class Setup:
             RECONCILE_EXECUTOR_ID=executor,
         )
         assert (done.returncode, done.stdout) == (0, b""), done.stderr
-        key = f"executor:{executor}"
-        deadline = time.monotonic() + 120  # a detached reconciler may settle it later
-        while key not in journal.load(self.home) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert key in journal.load(self.home)
+        wait_settled(self.home)  # a detached reconciler settles it after the hook exits
+        assert f"executor:{executor}" in journal.load(self.home)
 
     def fresh_key(self) -> str:
         """A key the cache holds, for a command that forgets it."""
