@@ -2,8 +2,8 @@
 
 The checks run in the order a newcomer sets things up: the state directory, the database
 URL, whether the database answers, its schema (tables, columns, index), and the hook in
-Claude Code's settings. A check that depends on a failed one is not run. The first failure names the one next
-step; exit 0 when all is well, 3 otherwise.
+Claude Code's settings. A check that depends on a failed one is not run. The first failure
+names the one next step; exit 0 when all is well, 3 otherwise.
 """
 
 from __future__ import annotations

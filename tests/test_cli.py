@@ -9,6 +9,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import psycopg
 import pytest
 from reconcile_helpers import (
     audit_rows,
@@ -253,11 +254,12 @@ def test_db_up_creates_the_tables_so_the_first_miss_settles(own_home):
     assert up.returncode == 0, up.stderr
     url = up.stdout.decode().strip()
     assert url.startswith("postgresql://") and up.stdout.count(b"\n") == 1  # the URL alone
-    assert b"applied 2 migrations" in up.stderr and not any(r in up.stderr.decode() for r in REPRS)
+    assert b"created table executors" in up.stderr
+    assert not any(r in up.stderr.decode() for r in REPRS)
     again = cli("db", "up", "--json", home=own_home)
     assert json.loads(again.stdout) == {"url": url, "started": False, "applied": []}
     status = cli("status", home=own_home)
-    assert b"tables:          current" in status.stdout and b"next step" not in status.stdout
+    assert b"schema:          current" in status.stdout and b"next step" not in status.stdout
 
     seed(url, [], [("e-1", None, "s-old", "running")])
     run_hook(own_home, None, {"session_id": "s-new"}, RECONCILE_EXECUTOR_ID="e-1")
@@ -271,33 +273,42 @@ def test_db_up_creates_the_tables_so_the_first_miss_settles(own_home):
     assert stopped.returncode == 3 and b"next step: reconcile db up" in stopped.stdout
 
 
-def test_missing_tables_name_the_next_step(home, database_url, tmp_path):
+def test_a_schema_to_fix_names_the_next_step(home, database_url, tmp_path):
+    orchestrators = "run the orchestrator's migrations"  # an empty database: not yet
     human = cli("status", home=home, url=database_url)
     assert human.returncode == 0
-    assert b"missing agents, executors, audit_events" in human.stdout
-    assert b"next step:       reconcile db migrate" in human.stdout
+    assert b"schema:          missing tables: agents, executors, audit_events" in human.stdout
+    assert b"next step:       " + orchestrators.encode() in human.stdout
     data = json.loads(cli("status", "--json", home=home, url=database_url).stdout)
-    assert data["database"]["schema"] == "missing"
-    assert data["next_step"] == "reconcile db migrate"
+    assert data["database"]["schema"]["state"] == "missing_tables"
+    assert data["next_step"].startswith(orchestrators) and "--create-tables" in data["next_step"]
 
     run_hook(home, database_url, {"session_id": "s-1"}, RECONCILE_EXECUTOR_ID="e-1")
+    # Its reconciler met the missing tables and backed off; the observation waits.
     for args in (("verify", "--db"), ("replay", "--to-db")):
         done = cli(*args, home=home, url=database_url)
         assert done.returncode == 3, args
         assert done.stderr.count(b"\n") == 1 and b"run: reconcile db migrate" in done.stderr
-    doctor = cli(
-        "doctor", "--json", "--settings", str(tmp_path / "s.json"), home=home, url=database_url
-    )
+    settings = str(tmp_path / "s.json")
+    doctor = cli("doctor", "--json", "--settings", settings, home=home, url=database_url)
     assert doctor.returncode == 3
-    assert json.loads(doctor.stdout)["next_step"] == "reconcile db migrate"
+    assert json.loads(doctor.stdout)["next_step"] == data["next_step"]
 
-    assert cli("db", "migrate", home=home, url=database_url).stdout == (
-        b"applied 2 migrations (0001_tables, 0002_audit_event_id)\n"
-    )
+    created = cli("db", "migrate", "--create-tables", home=home, url=database_url)
+    assert created.returncode == 0 and b"created table executors" in created.stdout
     data = json.loads(cli("status", "--json", home=home, url=database_url).stdout)
-    assert (data["database"]["schema"], data["next_step"]) == ("current", None)
+    assert (data["database"]["schema"]["state"], data["next_step"]) == ("current", None)
     again = cli("db", "migrate", home=home, url=database_url)
-    assert again.stdout == b"the tables are current\n"
+    assert again.stdout == b"the schema is current\n"
+
+    # A dump restored from before this tool: the column is gone, migrate puts it back.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE audit_events DROP COLUMN event_id")
+    drifted = cli("status", home=home, url=database_url).stdout
+    assert b"drifted: column audit_events.event_id is missing" in drifted
+    assert b"next step:       reconcile db migrate\n" in drifted
+    doctor = cli("doctor", "--json", "--settings", settings, home=home, url=database_url)
+    assert json.loads(doctor.stdout)["next_step"] == "reconcile db migrate"
 
 
 def _blocked_home(tmp_path: Path, kind: str) -> Path:
@@ -448,12 +459,13 @@ def test_doctor_names_the_first_thing_wrong_until_all_is_well(tmp_path, database
     assert not home.exists()  # looking creates nothing
     code, report = doctor(url="postgresql://x:pw@127.0.0.1:9/d")
     statuses = {c["name"]: c["status"] for c in report["checks"]}
-    assert (statuses["reachable"], statuses["tables"]) == ("FAILED", "not checked")
+    assert (statuses["reachable"], statuses["schema"]) == ("FAILED", "not checked")
     assert "RECONCILE_DATABASE_URL" in report["next_step"] and "pw" not in json.dumps(report)
 
-    code, report = doctor()
-    assert (code, report["next_step"]) == (3, "reconcile db migrate")
-    assert cli("db", "migrate", home=home, url=database_url).returncode == 0
+    code, report = doctor()  # an empty database: no tables yet
+    assert code == 3 and "reconcile db migrate --create-tables" in report["next_step"]
+    created = cli("db", "migrate", "--create-tables", home=home, url=database_url)
+    assert created.returncode == 0
     code, report = doctor()
     assert report["next_step"] == f"reconcile install-hooks --settings {settings}"
 

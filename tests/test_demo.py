@@ -61,7 +61,7 @@ def snapshot_of(directory: Path) -> dict[str, bytes]:
 def test_demo_reports_no_loss_and_leaves_the_users_state_alone(scratch, tmp_path, database_url):
     # The user's own state directory and database, with something in each.
     real_home = tmp_path / "real"
-    assert demo("--database-url", database_url, "db", "migrate").returncode == 0
+    assert demo("--database-url", database_url, "db", "migrate", "--create-tables").returncode == 0
     seed(database_url, [], [("e-1", None, "s-old", "running")])
     run_hook(real_home, database_url, {"session_id": "s-1"}, RECONCILE_EXECUTOR_ID="e-1")
     wait_settled(real_home)
