@@ -98,6 +98,7 @@ def status_data(settings: reconcile.Settings) -> dict[str, Any]:
         "skipped": state.skipped.as_dict(),
         **files.to_dict(),
         "database": database,
+        "outbox": reconcile.outbox_status(settings),
         "next_step": _probe.database_next_step(database),
     }
 
@@ -110,6 +111,15 @@ def status_rows(d: dict[str, Any]) -> list[tuple[str, str | None]]:
         ("state directory", d["home"]),
         ("cache", f"{plural(d['entries'], 'entry', 'entries')} of at most {d['max_entries']}"),
         ("pending", f"{d['pending']} (observed, not yet settled with the database)"),
+        ("oldest pending", d["outbox"]["oldest_unsettled"]),
+        ("reconciler", "running" if d["outbox"]["reconciler_running"] else "not running"),
+        ("backoff", _backoff(d["outbox"]["backoff"])),
+        (
+            "last database error",
+            f"{d['outbox']['last_error']} (at {d['outbox']['last_error_at']})"
+            if d["outbox"]["last_error"]
+            else None,
+        ),
         (
             "journals",
             f"{plural(d['journals'], 'file')}, {human_size(d['journal_bytes'])}, "
@@ -122,6 +132,15 @@ def status_rows(d: dict[str, Any]) -> list[tuple[str, str | None]]:
         *_probe.describe_database(d["database"]),
         ("next step", d["next_step"]),
     ]
+
+
+def _backoff(backoff: dict[str, Any]) -> str:
+    if backoff["in_force"]:
+        return (
+            f"in force: the database failed {plural(backoff['failures'], 'time')} in a row; "
+            f"next attempt in {backoff['retry_in_s']} s"
+        )
+    return "none (the database may be tried)"
 
 
 def show(args: Any, settings: reconcile.Settings) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -72,8 +73,13 @@ def test_status_show_forget_compact(home, db):
     status = json.loads(cli("status", "--json", home=home, url=db).stdout)
     assert status["entries"] == 2 and status["pending"] == 1
     assert status["journals"] == 3 and status["database"]["reachable"] is True
+    outbox = status["outbox"]  # e-7's reconciler met the dead URL: a backoff, its error
+    assert outbox["unsettled"] == 1 and outbox["backoff"]["failures"] == 1
+    assert "127.0.0.1" in outbox["last_error"]
     human = cli("status", home=home, url=db)
-    assert human.returncode == 0 and b"cache:           2 entries" in human.stdout
+    assert human.returncode == 0
+    assert re.search(rb"\ncache: +2 entries", human.stdout)
+    assert re.search(rb"\nlast database error: +\S", human.stdout)
 
     shown = json.loads(cli("show", "executor:e-1", "--json", home=home).stdout)
     assert (shown["type"], shown["session_id"]) == ("session.reconciled", "s-new")
