@@ -7,6 +7,7 @@ holds: a line longer than ``MAX_LINE`` is consumed in chunks and never kept whol
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -15,12 +16,15 @@ from journal._layout import READ_FLAGS
 
 TYPE_CHECKING = False  # typing costs milliseconds on the hit path; checkers see True
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Generator, Iterable, Iterator
     from typing import Any
 
     from journal._layout import StrPath
 
 QUARANTINE_KEEP = MAX_LINE + 1  # bytes of an oversize line kept: the first read's
+# open() errors that prove the name is not a regular file: O_NOFOLLOW met a symlink
+# (ELOOP), or a socket (ENXIO). Every other error leaves the question open.
+_NOT_REGULAR = (errno.ELOOP, errno.ENXIO)
 
 
 class Line:
@@ -38,27 +42,41 @@ class Line:
 
 
 def open_regular(path: StrPath) -> int | None:
-    """Open ``path`` for reading without following a symlink; None if it is not a file."""
+    """Open ``path`` for reading without following a symlink; None if it is not a regular
+    file (a symlink, a directory, a FIFO, a socket: content that is proved unusable).
+
+    Raises FileNotFoundError if it is gone, and OSError if it exists but cannot be
+    opened: a file that could not be read is never taken for one that holds nothing.
+    """
     try:
         fd = os.open(path, READ_FLAGS)
-    except OSError:  # ELOOP for a symlink, ENOENT if it just went away, EACCES, ...
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
+    except OSError as exc:
+        if exc.errno in _NOT_REGULAR:
             return None
+        raise
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
     except OSError:
+        os.close(fd)
+        raise
+    if not regular:
         os.close(fd)
         return None
     return fd
 
 
-def scan(path: StrPath, *, finished: bool, needle: bytes | None = None) -> Iterator[Line]:
+def scan(
+    path: StrPath, *, finished: bool, needle: bytes | None = None
+) -> Generator[Line, None, None]:
     """Yield every line of the file at ``path``.
 
     ``finished``: the writer is gone, so a last line without newline is torn (counted);
     otherwise it is still being written and is silently left for later.
     ``needle``: skip, without decoding, lines that do not contain these bytes.
+
+    A name that is not a regular file yields one ``not-a-file`` line. A file that is
+    gone raises FileNotFoundError, and one that cannot be opened or read raises OSError
+    (from the first ``next()``, or part-way): the caller decides, never this reader.
     """
     fd = open_regular(path)
     if fd is None:
@@ -72,11 +90,7 @@ def scan_stream(stream: Any, *, finished: bool, needle: bytes | None = None) -> 
     """Like :func:`scan`, over an open binary stream."""
     number = 0
     while True:
-        try:
-            line = stream.readline(MAX_LINE + 1)
-        except OSError:
-            yield Line(number + 1, None, NOT_A_FILE, b"")
-            return
+        line = stream.readline(MAX_LINE + 1)  # an OSError propagates: not content
         if not line:
             return
         number += 1
@@ -98,25 +112,30 @@ def scan_stream(stream: Any, *, finished: bool, needle: bytes | None = None) -> 
             return  # a live writer's line in progress
 
 
-def lookup(files: Sequence[StrPath], key: str) -> dict[str, Any] | None:
+def lookup(files: Iterable[StrPath], key: str) -> dict[str, Any] | None:
     """The latest raw record for ``key`` in ``files`` (tombstones included), or None.
 
     The hit path: each file is read whole and searched for the key's bytes; only the
     lines that mention it are decoded, and only plain dicts are built. A line still
-    being written (no newline yet) is left alone, as in :func:`scan`.
+    being written (no newline yet) is left alone, as in :func:`scan`. A file gone since
+    it was listed is passed over (a compactor archived it: the caller checks that the
+    snapshot it read is still the current one); one that cannot be read raises OSError.
     """
     needle = key_needle(key)
     best: dict[str, Any] | None = None
     for path in files:
-        data = read_all(path)
-        records: Iterator[dict[str, Any] | None]
-        if data is None:  # too large to hold: stream it line by line instead
-            records = (line.record for line in scan(path, finished=False, needle=needle))
-        else:
-            records = _mentioning(data, needle)
-        for record in records:
-            if record is not None and record["key"] == key and newer(record, best):
-                best = record
+        try:
+            data = read_all(path)
+            records: Iterator[dict[str, Any] | None]
+            if data is None:  # too large to hold: stream it line by line instead
+                records = (line.record for line in scan(path, finished=False, needle=needle))
+            else:
+                records = _mentioning(data, needle)
+            for record in records:
+                if record is not None and record["key"] == key and newer(record, best):
+                    best = record
+        except FileNotFoundError:
+            continue
     return best
 
 
@@ -164,7 +183,9 @@ READ_WHOLE_MAX = 64 << 20  # bytes: a larger file (hostile, surely) is streamed
 
 
 def read_all(path: StrPath) -> bytes | None:
-    """The file's bytes (empty if it cannot be read), or None if it is too large."""
+    """The bytes of the file at ``path`` (none if it is not a regular file), or None if it
+    is too large to hold. Raises FileNotFoundError if it is gone, OSError if it cannot
+    be read."""
     fd = open_regular(path)
     if fd is None:
         return b""
@@ -175,8 +196,6 @@ def read_all(path: StrPath) -> bytes | None:
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)
         return b"".join(chunks)
-    except OSError:
-        return b""
     finally:
         os.close(fd)
 
