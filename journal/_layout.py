@@ -87,12 +87,17 @@ def ensure_dir(path: StrPathT) -> StrPathT:
 def _sync_parent(directory: str) -> None:
     """Make the creation of ``directory`` durable. A parent we may not open (``-wx``
     permissions) cannot be synced: its entry is then as durable as the file system
-    makes it; any other failure is an error."""
+    makes it. On any other failure the directory is removed again (if still empty), so
+    that the next attempt creates it, and syncs it, anew."""
     try:
         fsync_dir(os.path.dirname(directory))
     except PermissionError:
         pass
     except OSError as exc:
+        try:  # noqa: SIM105 - not contextlib: see write_atomically
+            os.rmdir(directory)
+        except OSError:
+            pass  # not empty: another process uses it already
         raise StorageError(
             f"created {directory} but could not make it durable ({exc.strerror})"
         ) from None

@@ -120,8 +120,8 @@ class Writer:
         try:
             written = os.write(fd, line)
         except OSError as exc:
-            self._abandon()
-            raise StorageError(f"could not append to {self._path}: {exc.strerror}") from None
+            path = self._abandon()
+            raise StorageError(f"could not append to {path}: {exc.strerror}") from None
         if written != len(line):
             path = self._abandon()
             raise StorageError(
