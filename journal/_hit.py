@@ -13,8 +13,15 @@ from __future__ import annotations
 import os
 
 from journal._layout import ARCHIVE_DIR, JOURNAL_DIR, JOURNAL_SUFFIX, SNAPSHOT, list_files
-from journal._scan import READ_WHOLE_MAX, floor_of, latest_in, lookup, newer, open_regular
-from journal._snapformat import parse
+from journal._scan import (
+    READ_WHOLE_MAX,
+    floor_of,
+    latest_in,
+    lookup,
+    newer,
+    open_regular,
+    parse_snapshot,
+)
 
 TYPE_CHECKING = False  # typing costs milliseconds on the hit path; checkers see True
 if TYPE_CHECKING:
@@ -52,7 +59,7 @@ def latest(home: StrPath, key: str) -> dict[str, Any] | None:
         if snapshot is None:
             return None  # not a file, or absurdly large: not ours to trust here
         if snapshot:
-            header, body, sealed = parse(snapshot)
+            header, body, sealed = parse_snapshot(snapshot)
             if header is None or not sealed or header["entries"] != body.count(b"\n"):
                 return None
             floor = floor_of(header)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import zlib
 
-from journal._codec import MAX_LINE, NOT_A_FILE, OVERSIZE, TORN, decode
+from journal._codec import _HEX, MAX_LINE, NOT_A_FILE, OVERSIZE, TORN, decode
+from journal._json import parse_json
 from journal._layout import READ_FLAGS
 
 TYPE_CHECKING = False  # typing costs milliseconds on the hit path; checkers see True
@@ -207,3 +209,49 @@ def _json_string(text: str) -> bytes:
     import json  # rare keys only: the hit path's keys are printable ASCII
 
     return json.dumps(text).encode("ascii")
+
+
+# The snapshot file (docs/formats.md; written by journal._snapshot), checked here because
+# the hit path checks it too, exactly as the compactor does. Version 2: the CRC-32 of
+# every byte after its own eight hex digits (bytes 8-15) covers the whole file, header
+# included; version 1 covered the record lines only, and is still read.
+SNAPSHOT_VERSIONS = (1, 2)  # the snapshot format versions this reader understands
+SNAPSHOT_PREFIX = b'{"crc":"'  # version 2: the CRC's eight hex digits follow, at bytes 8-15
+SNAPSHOT_CRC_END = len(SNAPSHOT_PREFIX) + 8
+
+
+def parse_snapshot(content: bytes) -> tuple[dict[str, Any] | None, bytes, bool]:
+    """Split a snapshot (docs/formats.md) into ``(header, body, sealed)``.
+
+    ``header`` is the first line, parsed, when it is a snapshot header of a known
+    version (else None, and ``body`` is the whole content); ``body`` the bytes of the
+    record lines; ``sealed`` whether the checksum holds and ``entries`` is an integer.
+    Intact means sealed, and ``entries`` equal to the number of lines of ``body``, each
+    a valid record: the caller counts those. Never raises.
+    """
+    end = content.find(b"\n")
+    header = _snapshot_header(content[:end]) if end >= 0 else None
+    if header is None:
+        return None, content, False
+    body = content[end + 1 :]
+    if header["snapshot"] == 2:
+        digits = content[len(SNAPSHOT_PREFIX) : SNAPSHOT_CRC_END]
+        sealed = (
+            content.startswith(SNAPSHOT_PREFIX)
+            and _HEX.issuperset(digits)
+            and int(digits, 16) == zlib.crc32(memoryview(content)[SNAPSHOT_CRC_END:])
+        )
+    else:
+        sealed = header.get("crc") == f"{zlib.crc32(body):08x}"
+    return header, body, sealed and type(header.get("entries")) is int
+
+
+def _snapshot_header(line: bytes) -> dict[str, Any] | None:
+    try:
+        parsed = parse_json(line)
+    except (ValueError, RecursionError):
+        return None
+    version = parsed.get("snapshot") if isinstance(parsed, dict) else None
+    if type(version) is int and version in SNAPSHOT_VERSIONS:
+        return parsed  # type: ignore[return-value]  # a dict, checked above
+    return None

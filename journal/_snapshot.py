@@ -1,10 +1,19 @@
 """The snapshot file: the folded cache, replaced atomically by the compactor.
 
-Format (docs/formats.md, :mod:`journal._snapformat`): one header line, then one record
-line per entry, in the record line format, sorted by key; a CRC-32 covers the whole
-file but its own digits. A snapshot whose header is missing, whose count or checksum
-disagree, or with any bad line is *corrupt*: its intact records are still used, and the
-caller rebuilds from the archive as well.
+Format version 2 (docs/formats.md)::
+
+    {"crc":"1a2b3c4d","snapshot":2,"entries":N,"created":"…","floor":null}\n
+    <N record lines, sorted by key>
+
+``crc`` is the CRC-32 of every byte of the file after its eight hex digits (from byte 16
+to the end): the rest of the header and every record line, so that any single bit flip,
+header included, is detected. Version 1 covered the record lines only (a flip in its
+header could move the eviction floor unseen); it is still read, and the next compaction
+replaces it. The check is :func:`journal._scan.parse_snapshot`, shared with the hit path.
+
+A snapshot whose header is missing, whose count or checksum disagree, or with any bad
+line is *corrupt*: its intact records are still used, and the caller rebuilds from the
+archive as well.
 
 *Corrupt* (read, and proved bad) is not *unreadable* (an I/O error): an unreadable
 snapshot is reported in :attr:`SnapshotRead.error`, and the compactor then changes
@@ -14,15 +23,24 @@ nothing, for rebuilding without it could drop entries only it still holds.
 from __future__ import annotations
 
 import io
+import json
 import os
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from journal._layout import write_atomically
-from journal._scan import Line, floor_of, open_regular, scan_stream
-from journal._snapformat import parse, seal
+from journal._scan import (
+    SNAPSHOT_PREFIX,
+    Line,
+    floor_of,
+    open_regular,
+    parse_snapshot,
+    scan_stream,
+)
 
+FORMAT = 2  # the version written
 MAX_SNAPSHOT_BYTES = 256 << 20  # far above any bounded cache; beyond it the file is not read
 
 Identity = tuple[int, int, int, int]
@@ -70,7 +88,7 @@ def read_snapshot(path: Path) -> SnapshotRead:
             content = stream.read(MAX_SNAPSHOT_BYTES + 1)
     except OSError as exc:
         return _unreadable(path, exc)
-    header, body, sealed = parse(content)
+    header, body, sealed = parse_snapshot(content)
     records: list[dict[str, Any]] = []
     skipped: list[Line] = []
     for line in scan_stream(io.BytesIO(body), finished=True):
@@ -110,6 +128,20 @@ def write_snapshot(
     return len(content)
 
 
+def seal(body: bytes, entries: int, created: str, floor: tuple[str, str] | None) -> bytes:
+    """The whole snapshot file, format version 2, for the record lines ``body``."""
+    fields = json.dumps(
+        {"created": created, "floor": list(floor) if floor else None}, separators=(",", ":")
+    )
+    rest = b'","snapshot":%d,"entries":%d,%s\n%s' % (
+        FORMAT,
+        entries,
+        fields[1:].encode("ascii"),
+        body,
+    )
+    return b"%s%08x%s" % (SNAPSHOT_PREFIX, zlib.crc32(rest), rest)
+
+
 def read_header(path: Path) -> dict[str, Any] | None:
     """The snapshot's header (entries, created, ...) if it is intact, else None.
     Raises OSError if it exists but cannot be read."""
@@ -121,5 +153,5 @@ def read_header(path: Path) -> dict[str, Any] | None:
         return None
     with os.fdopen(fd, "rb") as stream:
         content = stream.read(MAX_SNAPSHOT_BYTES + 1)
-    header, _, sealed = parse(content)
+    header, _, sealed = parse_snapshot(content)
     return header if header is not None and sealed else None
