@@ -7,7 +7,6 @@ holds: a line longer than ``MAX_LINE`` is consumed in chunks and never kept whol
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import zlib
@@ -24,9 +23,6 @@ if TYPE_CHECKING:
     from journal._layout import StrPath
 
 QUARANTINE_KEEP = MAX_LINE + 1  # bytes of an oversize line kept: the first read's
-# open() errors that prove the name is not a regular file: O_NOFOLLOW met a symlink
-# (ELOOP), or a socket (ENXIO). Every other error leaves the question open.
-_NOT_REGULAR = (errno.ELOOP, errno.ENXIO)
 
 
 class Line:
@@ -52,8 +48,16 @@ def open_regular(path: StrPath) -> int | None:
     """
     try:
         fd = os.open(path, READ_FLAGS)
-    except OSError as exc:
-        if exc.errno in _NOT_REGULAR:
+    except FileNotFoundError:
+        raise
+    except OSError:
+        # O_NOFOLLOW met a symlink (ELOOP), or a socket refused (ENXIO): not a file.
+        # Told apart by lstat, not errno codes (the hit path imports no errno module).
+        try:
+            regular = stat.S_ISREG(os.lstat(path).st_mode)
+        except OSError:
+            regular = True  # cannot tell: the open's error stands
+        if not regular:
             return None
         raise
     try:
