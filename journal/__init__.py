@@ -18,7 +18,9 @@ TYPE_CHECKING = False  # not from typing: importing it costs the hit path millis
 __all__ = [
     "FILE_MODE",
     "LOG_DIR",
+    "CompactionIncompleteError",
     "CompactionReport",
+    "History",
     "InvalidRecordError",
     "Inventory",
     "JournalError",
@@ -27,6 +29,7 @@ __all__ = [
     "Retention",
     "Skips",
     "State",
+    "StorageError",
     "UnsafePathError",
     "Writer",
     "compact",
@@ -45,7 +48,9 @@ __all__ = [
 ]
 
 _WHERE = {
+    "CompactionIncompleteError": "_errors",
     "CompactionReport": "_model",
+    "History": "_read",
     "Record": "_model",
     "Skips": "_model",
     "State": "_model",
@@ -54,6 +59,7 @@ _WHERE = {
     "inventory": "_inventory",
     "JournalError": "_errors",
     "RecordTooLargeError": "_errors",
+    "StorageError": "_errors",
     "UnsafePathError": "_errors",
     "Writer": "_writer",
     "event_time_us": "_codec",
@@ -92,9 +98,11 @@ if TYPE_CHECKING:
     from journal._codec import event_time_us
     from journal._compact import Retention, compact
     from journal._errors import (
+        CompactionIncompleteError,
         InvalidRecordError,
         JournalError,
         RecordTooLargeError,
+        StorageError,
         UnsafePathError,
     )
     from journal._fold import fold
@@ -103,5 +111,5 @@ if TYPE_CHECKING:
     from journal._json import dump_json, parse_json
     from journal._layout import FILE_MODE, LOG_DIR, ensure_dir, ensure_home, write_atomically
     from journal._model import CompactionReport, Record, Skips, State
-    from journal._read import history, load
+    from journal._read import History, history, load
     from journal._writer import Writer, new_event_id

@@ -1,17 +1,30 @@
-"""The compactor (DESIGN §7): fold journals into the snapshot, archive finished ones.
+"""The compactor: fold journals into the snapshot, archive finished ones (docs/operations.md).
 
 Crash safety rests on order and on the fold being idempotent: quarantine files are
 written first, then the new snapshot (temp, fsync, rename, fsync dir), and only then are
-finished journals moved to the archive. A crash anywhere leaves every record either in
-a journal still to be folded or already in the snapshot; folding it twice is harmless.
+finished journals archived: their data fsynced (a writer with fsync off never did), a
+hard link made in ``archive/``, ``archive/`` fsynced, the name in ``journal/`` removed,
+``journal/`` fsynced. A crash anywhere leaves every record either in a journal still to
+be folded or already in the snapshot, and every journal in at least one directory;
+folding it twice is harmless.
+
+An error is never evidence of absence. A journal that could not be opened, read, synced
+or moved stays in ``journal/`` (never archived), is named in the report's ``errors``,
+and :func:`compact` raises :class:`CompactionIncompleteError` after doing what it safely
+could; the next compaction folds it. An unreadable snapshot, or an unreadable archive
+when the snapshot must be rebuilt from it, stops the compaction before anything is
+written: rebuilding without them could drop entries only they hold. Only content that
+was read and proved bad is quarantined.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import stat
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -20,6 +33,7 @@ from pathlib import Path
 import attrs
 
 from journal._codec import NOT_A_FILE, Clock, encode, timestamp
+from journal._errors import CompactionIncompleteError, StorageError
 from journal._fold import Table, fold, trim
 from journal._layout import (
     ARCHIVE_DIR,
@@ -28,15 +42,17 @@ from journal._layout import (
     JOURNAL_DIR,
     PENDING_SUFFIX,
     QUARANTINE_DIR,
+    READ_FLAGS,
     SNAPSHOT,
+    TEMP_SUFFIX,
     ensure_home,
     fsync_dir,
     list_files,
     write_atomically,
 )
 from journal._model import CompactionReport, Skips
-from journal._read import archive_files, fold_file, journal_files, writer_gone
-from journal._scan import Line
+from journal._read import archive_files, describe, fold_file, fold_lines, journal_files, probe
+from journal._scan import Line, scan_stream
 from journal._snapshot import read_snapshot, write_snapshot
 
 
@@ -49,6 +65,9 @@ class Retention:
 
 
 STALE_PENDING_S = 60.0  # a ".new" journal this old, unlocked, is a writer that died creating it
+STALE_TEMP_S = 60.0  # a temp file this old, unlocked, is a replacement that died half-way
+# link() errors of a file system without hard links: fall back to rename() there.
+_NO_HARD_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS)
 
 
 def compact(
@@ -64,23 +83,41 @@ def compact(
     Takes ``compact.lock`` without blocking: if another compaction holds it, returns a
     report with ``busy=True`` (or waits for it with ``wait=True``). ``progress`` is called
     with (journals folded, journals in all) as the fold advances.
+
+    Raises :class:`CompactionIncompleteError` (its ``report`` says what was done) if a
+    file could not be read, synced or moved: it was left in place for the next run.
+    Raises :class:`StorageError` if the lock cannot be taken for an I/O error.
     """
     if max_entries < 1:
         raise ValueError("max_entries must be at least 1")
     home = ensure_home(Path(home))
     started = time.monotonic()
-    lock = os.open(
-        home / COMPACT_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE
-    )
+    try:
+        lock = os.open(
+            home / COMPACT_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE
+        )
+    except OSError as exc:
+        raise StorageError(f"cannot open {home / COMPACT_LOCK}: {exc.strerror}") from None
     try:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return CompactionReport(busy=True)
+        except OSError as exc:
+            raise StorageError(f"cannot lock {home / COMPACT_LOCK}: {exc.strerror}") from None
         report = _compact_locked(home, max_entries, retention or Retention(), progress)
     finally:
-        os.close(lock)
-    return attrs.evolve(report, duration_s=time.monotonic() - started)
+        with contextlib.suppress(OSError):
+            os.close(lock)
+    report = attrs.evolve(report, duration_s=time.monotonic() - started)
+    if report.errors:
+        more = f" (and {len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
+        raise CompactionIncompleteError(
+            f"compaction incomplete: {report.errors[0]}{more}; what could not be read or "
+            "moved was left in place: fix the file system and run compact again",
+            report,
+        )
+    return report
 
 
 def _compact_locked(
@@ -89,50 +126,90 @@ def _compact_locked(
     retention: Retention,
     progress: Callable[[int, int], None] | None,
 ) -> CompactionReport:
-    skips: Counter[str] = Counter()
+    errors: list[str] = []
+    removed = _remove_stale_temporaries(home, errors)
     snap = read_snapshot(home / SNAPSHOT)
+    if snap.error is not None:
+        return _aborted(removed, errors, f"{snap.error} (the snapshot could not be read)")
+    skips: Counter[str] = Counter(line.reason for line in snap.skipped if line.reason)
     table: Table = fold(snap.records)
-    skips.update(line.reason for line in snap.skipped if line.reason)
     records = 0
     floor = snap.floor
-    if not snap.intact:
-        for path in archive_files(home):
-            records += fold_file(table, path, skips, finished=True)
+    try:
+        journals = journal_files(home)
+    except OSError as exc:
+        return _aborted(removed, errors, describe(home / JOURNAL_DIR, exc))
+    if not snap.intact:  # rebuild: everything the snapshot was made from is needed
+        try:
+            for path in archive_files(home):
+                with contextlib.suppress(FileNotFoundError):
+                    records += fold_file(table, path, skips, finished=True)
+        except OSError as exc:
+            return _aborted(removed, errors, f"{describe(home / ARCHIVE_DIR, exc)} (rebuild)")
 
     # A journal whose lock can be taken is finished for good: writers never reopen a
-    # journal, so the lock need not be held while it is folded and archived (holding
-    # one descriptor per journal would run out of them on a large backlog).
-    finished: list[Path] = []
+    # journal. The probe's lock is held only while that journal is folded (holding one
+    # descriptor per journal would run out of them on a large backlog).
+    finished: list[tuple[Path, int]] = []  # (journal, size in bytes)
     live = quarantined = 0
-    journals = journal_files(home)
     for index, path in enumerate(journals):
         if progress is not None:
             progress(index, len(journals))
-        done = writer_gone(path)
-        if done is None:
+        try:
+            opened = probe(path)
+        except FileNotFoundError:
+            continue  # removed meanwhile (a writer that failed to create it)
+        except OSError as exc:
+            errors.append(f"{describe(path, exc)} (left in {JOURNAL_DIR}/)")
+            continue
+        if opened is None:
             skips[NOT_A_FILE] += 1
+            continue
+        fd, done = opened
+        bad: list[Line] = []
+        size = 0
+        try:
+            with os.fdopen(fd, "rb") as stream:
+                lines = scan_stream(stream, finished=done is True)
+                records += fold_lines(table, lines, skips, floor=floor, bad=bad if done else None)
+                if done:  # written with fsync off, perhaps: durable before it is archived
+                    os.fsync(fd)
+                    size = os.fstat(fd).st_size
+        except OSError as exc:
+            errors.append(f"{describe(path, exc)} (left in {JOURNAL_DIR}/)")
             continue
         if not done:
             live += 1
-            records += fold_file(table, path, skips, finished=False, floor=floor)
+            if done is None:
+                errors.append(
+                    f"{path}: cannot tell whether its writer is gone (flock "
+                    f"failed); folded as live, left in {JOURNAL_DIR}/"
+                )
             continue
-        finished.append(path)
-        bad: list[Line] = []
-        records += fold_file(table, path, skips, finished=True, floor=floor, bad=bad)
         if bad:  # written now, before the snapshot: memory stays flat
-            _quarantine(home, path, bad)
+            try:
+                _quarantine(home, path, bad)
+            except StorageError as exc:
+                errors.append(f"{exc} (its journal {path.name} left in {JOURNAL_DIR}/)")
+                continue
             quarantined += len(bad)
+        finished.append((path, size))
+    if progress is not None:
+        progress(len(journals), len(journals))
 
     evicted, floor = trim(table, max_entries, floor)
     created = timestamp(Clock().next())
-    write_snapshot(home / SNAPSHOT, _encoded(table), created, floor)
-    _archive(home, finished)
-    pruned = _prune_archive(home, retention)
-    _remove_stale_pending(home)
+    try:
+        write_snapshot(home / SNAPSHOT, _encoded(table), created, floor)
+    except StorageError as exc:
+        return _aborted(removed, errors, f"{exc} (nothing was archived)")
+    archived = _archive(home, finished, errors)
+    pruned = _prune_archive(home, retention, errors)
+    _remove_stale_pending(home, errors)
     return CompactionReport(
         busy=False,
         files_folded=live + len(finished),
-        files_archived=len(finished),
+        files_archived=archived,
         live_files=live,
         records=records,
         skipped=Skips.from_counts(skips),
@@ -141,7 +218,14 @@ def _compact_locked(
         evicted=len(evicted),
         archive_pruned=pruned,
         snapshot_rebuilt=not snap.intact and snap.present,
+        temporaries_removed=removed,
+        errors=tuple(errors),
     )
+
+
+def _aborted(removed: int, errors: list[str], error: str) -> CompactionReport:
+    """The report of a compaction stopped before it wrote anything."""
+    return CompactionReport(busy=False, temporaries_removed=removed, errors=(*errors, error))
 
 
 def _encoded(table: Table) -> list[bytes]:
@@ -171,21 +255,86 @@ def _quarantine(home: Path, source: Path, lines: list[Line]) -> None:
     )
 
 
-def _archive(home: Path, paths: list[Path]) -> None:
-    if not paths:
-        return
+def _archive(home: Path, finished: list[tuple[Path, int]], errors: list[str]) -> int:
+    """Move finished journals to the archive (an empty one is deleted); return how many.
+
+    A hard link first, made durable, and only then the old name removed: the journal is
+    in at least one directory at every instant, crash or power loss, and readers find it
+    in one or the other (:mod:`journal._read`).
+    """
     archive = home / ARCHIVE_DIR
-    for path in paths:
-        if os.stat(path).st_size == 0:
+    done = 0
+    linked: list[Path] = []
+    renamed = False
+    for path, size in finished:
+        target = archive / path.name
+        try:
+            if size == 0:
+                os.unlink(path)  # nothing to keep
+                done += 1
+                continue
+            os.link(path, target, follow_symlinks=False)
+            linked.append(path)
+        except FileExistsError:  # linked by a compaction that died before the unlink
+            if _same_file(path, target):
+                linked.append(path)
+            else:
+                errors.append(
+                    f"{target} exists and is another file: {path} left in "
+                    f"{JOURNAL_DIR}/ (move one of them away)"
+                )
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                errors.append(f"{describe(path, exc)} (not archived, left in {JOURNAL_DIR}/)")
+                continue
+            try:  # no hard links on this file system: a rename is the best there is
+                os.rename(path, target)
+            except OSError as exc2:
+                errors.append(f"{describe(path, exc2)} (not archived, left in {JOURNAL_DIR}/)")
+                continue
+            done += 1
+            renamed = True
+    if not linked and not renamed and not done:
+        return 0
+    try:
+        fsync_dir(archive)
+    except OSError as exc:
+        errors.append(
+            f"{describe(archive, exc)} (journals linked there stay in "
+            f"{JOURNAL_DIR}/ too, for the next compaction)"
+        )
+        return done
+    for path in linked:
+        try:
             os.unlink(path)
-        else:
-            os.rename(path, archive / path.name)
-    fsync_dir(archive)
-    fsync_dir(home / JOURNAL_DIR)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            errors.append(f"{describe(path, exc)} (archived, but still in {JOURNAL_DIR}/)")
+            continue
+        done += 1
+    try:
+        fsync_dir(home / JOURNAL_DIR)
+    except OSError as exc:
+        errors.append(describe(home / JOURNAL_DIR, exc))
+    return done
 
 
-def _prune_archive(home: Path, retention: Retention) -> int:
-    files = archive_files(home)
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samestat(os.lstat(a), os.lstat(b))
+    except OSError:
+        return False
+
+
+def _prune_archive(home: Path, retention: Retention, errors: list[str]) -> int:
+    try:
+        files = archive_files(home)
+    except OSError as exc:
+        errors.append(f"{describe(home / ARCHIVE_DIR, exc)} (not pruned)")
+        return 0
     now = time.time()
     aged: list[tuple[float, Path]] = []
     for path in files:
@@ -193,6 +342,8 @@ def _prune_archive(home: Path, retention: Retention) -> int:
             aged.append((os.lstat(path).st_mtime, path))
         except FileNotFoundError:
             continue
+        except OSError as exc:
+            errors.append(f"{describe(path, exc)} (not pruned)")
     aged.sort()
     excess = len(aged) - retention.max_files
     doomed = [
@@ -200,19 +351,92 @@ def _prune_archive(home: Path, retention: Retention) -> int:
         for i, (mtime, path) in enumerate(aged)
         if i < excess or now - mtime > retention.max_age_s
     ]
+    pruned = 0
     for path in doomed:
-        os.unlink(path)
-    if doomed:
-        fsync_dir(home / ARCHIVE_DIR)
-    return len(doomed)
-
-
-def _remove_stale_pending(home: Path) -> None:
-    now = time.time()
-    for path in map(Path, list_files(home / JOURNAL_DIR, PENDING_SUFFIX)):
-        if not writer_gone(path):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
             continue
-        with contextlib.suppress(OSError):
-            st = os.lstat(path)
-            if st.st_size == 0 and now - st.st_mtime > STALE_PENDING_S:
+        except OSError as exc:
+            errors.append(f"{describe(path, exc)} (not pruned)")
+            continue
+        pruned += 1
+    if pruned:
+        try:
+            fsync_dir(home / ARCHIVE_DIR)
+        except OSError as exc:
+            errors.append(describe(home / ARCHIVE_DIR, exc))
+    return pruned
+
+
+def _remove_stale_pending(home: Path, errors: list[str]) -> None:
+    now = time.time()
+    try:
+        pending = list_files(home / JOURNAL_DIR, PENDING_SUFFIX)
+    except OSError as exc:
+        errors.append(describe(home / JOURNAL_DIR, exc))
+        return
+    for path in pending:
+        try:
+            opened = probe(Path(path))
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            errors.append(describe(path, exc))
+            continue
+        if opened is None:
+            continue
+        fd, done = opened
+        try:
+            st = os.fstat(fd)
+            if done and st.st_size == 0 and now - st.st_mtime > STALE_PENDING_S:
                 os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            errors.append(describe(path, exc))
+        finally:
+            os.close(fd)
+
+
+def _remove_stale_temporaries(home: Path, errors: list[str]) -> int:
+    """Remove the temp files of replacements that died half-way; return how many.
+
+    A temp file (``.<name>.<pid>.tmp``) is removed when no process holds its flock
+    (:func:`journal._layout.write_atomically` holds it while writing) and it is either
+    older than a minute or one of a compactor's own (the snapshot's, a quarantine
+    file's): the compaction lock we hold says no other compactor is writing one.
+    """
+    removed = 0
+    now = time.time()
+    for directory, own in ((home, f".{SNAPSHOT}."), (home / QUARANTINE_DIR, ".")):
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            errors.append(f"{describe(directory, exc)} (temp files not cleaned)")
+            continue
+        for name in names:
+            if not (name.startswith(".") and name.endswith(TEMP_SUFFIX)):
+                continue
+            path = directory / name
+            try:
+                st = os.lstat(path)
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                if not name.startswith(own) and now - st.st_mtime < STALE_TEMP_S:
+                    continue
+                fd = os.open(path, READ_FLAGS)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    os.unlink(path)
+                finally:
+                    os.close(fd)
+            except (BlockingIOError, FileNotFoundError):
+                continue  # held by its writer, or gone
+            except OSError as exc:
+                errors.append(f"{describe(path, exc)} (a stale temp file, not removed)")
+                continue
+            removed += 1
+    return removed

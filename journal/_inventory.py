@@ -7,14 +7,24 @@ from pathlib import Path
 
 import attrs
 
-from journal._layout import QUARANTINE_DIR, SNAPSHOT
-from journal._read import archive_files, journal_files, writer_gone
+from journal._layout import (
+    ARCHIVE_DIR,
+    JOURNAL_DIR,
+    JOURNAL_SUFFIX,
+    QUARANTINE_DIR,
+    SNAPSHOT,
+    list_files,
+)
+from journal._read import describe, writer_gone
 from journal._snapshot import read_header
 
 
 @attrs.frozen
 class Inventory:
-    """Files and sizes of the state directory; ``snapshot_created`` is the last compaction."""
+    """Files and sizes of the state directory; ``snapshot_created`` is the last compaction.
+
+    ``errors`` names what could not be read (an I/O error): the counts leave it out.
+    """
 
     journals: int
     journal_bytes: int
@@ -24,41 +34,63 @@ class Inventory:
     quarantined_records: int
     snapshot_bytes: int
     snapshot_created: str | None
+    errors: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
-        return attrs.asdict(self)
+        data = attrs.asdict(self)
+        data["errors"] = list(self.errors)
+        return data
 
 
 def inventory(home: Path | str) -> Inventory:
-    """Count what ``home`` holds; never raises for a missing or odd directory."""
+    """Count what ``home`` holds; never raises (I/O errors are named in ``errors``)."""
     home = Path(home)
-    journals = journal_files(home)
-    archived = archive_files(home)
+    errors: list[str] = []
+    journals = _files(home / JOURNAL_DIR, JOURNAL_SUFFIX, errors)
+    archived = _files(home / ARCHIVE_DIR, JOURNAL_SUFFIX, errors)
     quarantined = 0
-    for path in (home / QUARANTINE_DIR).glob("*.jsonl") if (home / QUARANTINE_DIR).is_dir() else ():
+    for path in _files(home / QUARANTINE_DIR, ".jsonl", errors):
         try:
             with open(path, "rb") as stream:
                 quarantined += sum(1 for _ in stream)
-        except OSError:
+        except FileNotFoundError:
             continue
-    header = read_header(home / SNAPSHOT)
+        except OSError as exc:
+            errors.append(describe(path, exc))
+    try:
+        header = read_header(home / SNAPSHOT)
+    except OSError as exc:
+        errors.append(describe(home / SNAPSHOT, exc))
+        header = None
+    created = header.get("created") if header else None
     return Inventory(
         journals=len(journals),
-        journal_bytes=_size(journals),
+        journal_bytes=_size(journals, errors),
         live_writers=sum(1 for path in journals if writer_gone(path) is False),
         archive_files=len(archived),
-        archive_bytes=_size(archived),
+        archive_bytes=_size(archived, errors),
         quarantined_records=quarantined,
-        snapshot_bytes=_size([home / SNAPSHOT]),
-        snapshot_created=header.get("created") if header else None,
+        snapshot_bytes=_size([home / SNAPSHOT], errors),
+        snapshot_created=created if isinstance(created, str) else None,
+        errors=tuple(errors),
     )
 
 
-def _size(paths: list[Path]) -> int:
+def _files(directory: Path, suffix: str, errors: list[str]) -> list[Path]:
+    try:
+        return [Path(p) for p in list_files(directory, suffix)]
+    except OSError as exc:
+        errors.append(describe(directory, exc))
+        return []
+
+
+def _size(paths: list[Path], errors: list[str]) -> int:
     total = 0
     for path in paths:
         try:
             total += os.lstat(path).st_size
-        except OSError:
+        except FileNotFoundError:
             continue
+        except OSError as exc:
+            errors.append(describe(path, exc))
     return total

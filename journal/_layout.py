@@ -1,7 +1,12 @@
-"""The state directory (DESIGN §3): its paths, and opening things in it safely.
+"""The state directory (docs/formats.md): its paths, and creating and replacing things in it.
 
 Every directory is created 0700 and every file 0600; nothing in it is followed through a
-symlink (``O_NOFOLLOW`` on files, ``lstat`` on directories).
+symlink (``O_NOFOLLOW`` on files, ``lstat`` on directories). A directory this module
+creates is made durable in its parent (fsync of the parent) before it is used, so a
+power loss cannot take away a directory that acknowledged records were written into.
+
+An error is never taken for absence: :func:`list_files` says "none" only for a directory
+that does not exist, and raises when one exists but cannot be listed.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 import os
 import stat
 
-from journal._errors import UnsafePathError
+from journal._errors import StorageError, UnsafePathError
 
 TYPE_CHECKING = False  # typing costs milliseconds on the hit path; checkers see True
 if TYPE_CHECKING:
@@ -27,6 +32,7 @@ SNAPSHOT = "snapshot"
 COMPACT_LOCK = "compact.lock"
 JOURNAL_SUFFIX = ".jnl"
 PENDING_SUFFIX = ".new"  # a journal being created, not yet locked by its writer
+TEMP_SUFFIX = ".tmp"  # ".<name>.<pid>.tmp": a file being replaced (write_atomically)
 
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 DIR_MODE = 0o700
@@ -34,19 +40,39 @@ FILE_MODE = 0o600
 
 
 def ensure_dir(path: StrPathT) -> StrPathT:
-    """Create ``path`` 0700 (missing parents too); refuse a symlink or a non-directory."""
-    try:
-        os.mkdir(path, DIR_MODE)  # the umask may narrow the mode, never widen it
-    except FileNotFoundError:
-        parent = os.path.dirname(os.path.abspath(path))
-        if parent == os.path.abspath(path):
-            raise UnsafePathError(f"{path} cannot be created") from None
-        ensure_dir(parent)
-        return ensure_dir(path)
-    except FileExistsError:
-        pass  # a directory (fine), a file or a dangling symlink (refused below)
-    except OSError as exc:
-        raise UnsafePathError(f"{path} cannot be created: {exc.strerror}") from None
+    """Create ``path`` 0700 (missing parents too), each creation fsynced in its parent;
+    refuse a symlink or a non-directory. Iterative: a path that cannot be created (say,
+    under ``/proc``) fails once, with the reason."""
+    missing: list[str] = []
+    current = os.path.abspath(path)
+    while True:  # up to the nearest directory that exists (bounded by the path's depth)
+        try:
+            os.mkdir(current, DIR_MODE)  # the umask may narrow the mode, never widen it
+        except FileNotFoundError:
+            parent = os.path.dirname(current)
+            if parent == current:
+                raise UnsafePathError(f"{path} cannot be created: no root directory") from None
+            missing.append(current)
+            current = parent
+            continue
+        except FileExistsError:
+            pass  # a directory (fine), a file or a dangling symlink (refused below)
+        except OSError as exc:
+            raise UnsafePathError(f"{path} cannot be created: {exc.strerror}") from None
+        else:
+            _sync_parent(current)
+        break
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, DIR_MODE)
+        except FileExistsError:
+            continue  # created meanwhile by another process, which makes it durable
+        except OSError as exc:
+            raise UnsafePathError(
+                f"{path} cannot be created ({directory}: {exc.strerror}); "
+                "choose a state directory you can write to"
+            ) from None
+        _sync_parent(directory)
     try:
         st = os.lstat(path)
     except OSError as exc:
@@ -58,6 +84,25 @@ def ensure_dir(path: StrPathT) -> StrPathT:
     return path
 
 
+def _sync_parent(directory: str) -> None:
+    """Make the creation of ``directory`` durable. A parent we may not open (``-wx``
+    permissions) cannot be synced: its entry is then as durable as the file system
+    makes it. On any other failure the directory is removed again (if still empty), so
+    that the next attempt creates it, and syncs it, anew."""
+    try:
+        fsync_dir(os.path.dirname(directory))
+    except PermissionError:
+        pass
+    except OSError as exc:
+        try:  # noqa: SIM105 - not contextlib: see write_atomically
+            os.rmdir(directory)
+        except OSError:
+            pass  # not empty: another process uses it already
+        raise StorageError(
+            f"created {directory} but could not make it durable ({exc.strerror})"
+        ) from None
+
+
 def ensure_home(home: Path) -> Path:
     """Create the state directory and its subdirectories; return ``home``."""
     ensure_dir(home)
@@ -67,8 +112,8 @@ def ensure_home(home: Path) -> Path:
 
 
 def fsync_dir(path: StrPath) -> None:
-    """Make renames and creations in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    """Make renames, creations and removals in ``path`` durable (raises OSError)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
@@ -76,33 +121,73 @@ def fsync_dir(path: StrPath) -> None:
 
 
 def list_files(directory: StrPath, suffix: str) -> list[str]:
-    """Paths in ``directory`` ending in ``suffix``, sorted; none if it does not exist,
-    is not readable, or is a symlink (refused, never followed)."""
+    """Paths in ``directory`` ending in ``suffix``, sorted.
+
+    None when the directory does not exist, is not a directory, or is a symlink (refused,
+    never followed). A directory that exists but cannot be listed raises OSError: an
+    unreadable directory is not an empty one.
+    """
     try:
         if stat.S_ISLNK(os.lstat(directory).st_mode):
             return []
         names = os.listdir(directory)
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
     return [os.path.join(directory, name) for name in sorted(names) if name.endswith(suffix)]
 
 
+def temp_path(path: Path) -> Path:
+    """Where :func:`write_atomically` writes ``path``'s next content."""
+    return path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
+
+
 def write_atomically(path: Path, content: bytes) -> None:
-    """Replace ``path`` by ``content``: temp file, fsync, rename, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(
-        tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE
-    )
+    """Replace ``path`` by ``content``: temp file, fsync, rename, fsync the directory.
+
+    The temp file is created anew (``O_EXCL``) and held under an exclusive flock while it
+    is written, so that a cleaner can tell a live one from one left by a dead process.
+    On failure it is removed and :class:`StorageError` (or :class:`UnsafePathError` if
+    ``path`` is a directory) is raised, with the old file untouched.
+    """
+    import fcntl  # not on the hit path, which never writes
+
+    tmp = temp_path(path)
+    # (Not contextlib.suppress: this module is on the hit path, which imports nothing extra.)
+    try:  # noqa: SIM105
+        os.unlink(tmp)  # left by a dead process that had our pid
+    except OSError:
+        pass  # usually absent; if it cannot be removed, the O_EXCL open below says why
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        view = memoryview(content)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(tmp, flags, FILE_MODE)
+    except OSError as exc:
+        raise StorageError(f"cannot create {tmp}: {exc.strerror}") from None
+    step = "write"
     try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            view = memoryview(content)
+            while view:
+                view = view[os.write(fd, view) :]
+            step = "sync"
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        step = "replace"
         os.replace(tmp, path)
-    except OSError as exc:  # a directory where the file should be, say
-        os.unlink(tmp)
-        raise UnsafePathError(f"{path} cannot be replaced ({exc.strerror}); move it away") from None
-    fsync_dir(path.parent)
+    except OSError as exc:
+        try:  # noqa: SIM105
+            os.unlink(tmp)
+        except OSError:
+            pass  # a stale temp file: the next compaction removes it
+        if isinstance(exc, (IsADirectoryError, NotADirectoryError)):
+            raise UnsafePathError(
+                f"{path} cannot be replaced ({exc.strerror}); move it away"
+            ) from None
+        raise StorageError(f"cannot {step} {path}: {exc.strerror}") from None
+    try:
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise StorageError(
+            f"replaced {path} but could not make it durable ({exc.strerror})"
+        ) from None

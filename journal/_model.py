@@ -60,14 +60,25 @@ class Skips:
 
 
 class State(Mapping[str, Record]):
-    """The folded cache: the latest live record per key. Read-only."""
+    """The folded cache: the latest live record per key. Read-only.
 
-    __slots__ = ("_records", "skipped", "snapshot_intact")
+    ``errors`` names each file or directory that could not be read (an I/O error, not
+    bad content): while it is not empty, records in those files may be missing here.
+    """
 
-    def __init__(self, table: Table, skipped: Skips, snapshot_intact: bool) -> None:
+    __slots__ = ("_records", "errors", "skipped", "snapshot_intact")
+
+    def __init__(
+        self,
+        table: Table,
+        skipped: Skips,
+        snapshot_intact: bool,
+        errors: tuple[str, ...] = (),
+    ) -> None:
         self._records = {k: Record.from_raw(r) for k, r in table.items() if not is_tombstone(r)}
         self.skipped = skipped
         self.snapshot_intact = snapshot_intact
+        self.errors = errors
 
     def __getitem__(self, key: str) -> Record:
         return self._records[key]
@@ -79,12 +90,18 @@ class State(Mapping[str, Record]):
         return len(self._records)
 
     def __repr__(self) -> str:
-        return f"<State entries={len(self)} skipped={self.skipped.total}>"
+        errors = f" errors={len(self.errors)}" if self.errors else ""
+        return f"<State entries={len(self)} skipped={self.skipped.total}{errors}>"
 
 
 @attrs.frozen
 class CompactionReport:
-    """What one compaction did (or that it could not run because another one was)."""
+    """What one compaction did (or that it could not run because another one was).
+
+    ``errors`` names each file the compaction could not read, sync or move, and why;
+    each was left where it was, for the next run. :func:`journal.compact` raises
+    :class:`journal.CompactionIncompleteError` (holding this report) when it is not empty.
+    """
 
     busy: bool
     files_folded: int = 0
@@ -98,8 +115,11 @@ class CompactionReport:
     archive_pruned: int = 0
     snapshot_rebuilt: bool = False
     duration_s: float = 0.0
+    temporaries_removed: int = 0
+    errors: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         data = attrs.asdict(self)
         data["skipped"] = self.skipped.as_dict()
+        data["errors"] = list(self.errors)
         return data

@@ -1,7 +1,16 @@
 """This process's journal: append-only, one write() per record, never shared.
 
 The hook's miss path appends through this module, so it imports only what that needs
-(no :mod:`pathlib`, :mod:`typing` or :mod:`json`: see docs/performance.md).
+(no :mod:`pathlib`, :mod:`typing`, :mod:`json` or :mod:`contextlib`: see
+docs/performance.md).
+
+A failed append is never acknowledged, and never taints the next one. When the write
+fails, is short (a full disk) or its ``fdatasync`` fails, the writer truncates the
+journal back to its last complete line (when it can) and abandons it: it closes it,
+releasing its lock, so the journal is finished, and the next append starts a new one.
+So an acknowledged record never shares a line with a torn fragment, and a journal whose
+sync failed once (its durable state unknown: the kernel may have dropped the pages) is
+never appended to again.
 """
 
 from __future__ import annotations
@@ -10,7 +19,7 @@ import fcntl
 import os
 
 from journal._codec import Clock, encode, is_event_id
-from journal._errors import InvalidRecordError, JournalError
+from journal._errors import InvalidRecordError, StorageError
 from journal._layout import (
     FILE_MODE,
     JOURNAL_DIR,
@@ -50,6 +59,7 @@ class Writer:
         self._fd: int | None = None
         self._pid = os.getpid()
         self._path: str | None = None
+        self._size = 0  # bytes of complete lines in our journal: where a failed append ends
         self._clock = Clock()
 
     @property
@@ -70,7 +80,9 @@ class Writer:
         event before writing it (say, in a database row committed first).
 
         Raises :class:`InvalidRecordError` (or :class:`RecordTooLargeError`) for a key,
-        type or data that cannot be stored, and :class:`JournalError` if the write fails.
+        type or data that cannot be stored, and :class:`StorageError` if the write
+        fails: the record is then not stored (see the module's docstring), and the next
+        append may succeed.
         """
         if data is None:
             raise InvalidRecordError("record data must be a JSON object; use forget() to delete")
@@ -107,26 +119,51 @@ class Writer:
         fd = self._descriptor(pid)  # after encoding: a rejected record creates no file
         try:
             written = os.write(fd, line)
-            if self.fsync:
-                os.fdatasync(fd)
         except OSError as exc:
-            raise JournalError(f"could not append to {self._path}: {exc.strerror}") from None
+            path = self._abandon()
+            raise StorageError(f"could not append to {path}: {exc.strerror}") from None
         if written != len(line):
-            raise JournalError(
-                f"short write to {self._path} ({written} of {len(line)} bytes): disk full?"
+            path = self._abandon()
+            raise StorageError(
+                f"short write to {path} ({written} of {len(line)} bytes): is the disk full?"
             )
+        if self.fsync:
+            try:
+                os.fdatasync(fd)
+            except OSError as exc:
+                path = self._abandon()
+                raise StorageError(f"could not sync {path}: {exc.strerror}") from None
+        self._size += written
         return event_id
+
+    def _abandon(self) -> str | None:
+        """After a failed append: cut the journal back to its last complete line and close
+        it (finished, for the compactor); the next append opens a new one."""
+        path, fd = self._path, self._fd
+        if fd is not None:
+            try:  # noqa: SIM105 - not contextlib: see the module's docstring
+                os.ftruncate(fd, self._size)
+            except OSError:
+                pass  # the fragment stays: a torn last line, quarantined, never acknowledged
+            try:  # noqa: SIM105
+                os.close(fd)
+            except OSError:
+                pass
+        self._fd, self._path, self._size = None, None, 0
+        return path
 
     def _descriptor(self, pid: int) -> int:
         if self._pid != pid:  # forked: the inherited file is the parent's, not ours
             if self._fd is not None:
                 os.close(self._fd)
-            self._fd, self._path, self._pid = None, None, pid
+            self._fd, self._path, self._pid, self._size = None, None, pid, 0
         if self._fd is None:
             self._fd, self._path = self._create(pid)
         return self._fd
 
     def _create(self, pid: int) -> tuple[int, str]:
+        """A new journal, locked, under its final name (durable in ``journal/`` with fsync
+        on). On failure nothing is left behind but what could not be removed."""
         ensure_dir(self.home)  # neither it nor journal/ may be a symlink
         directory = ensure_dir(os.path.join(self.home, JOURNAL_DIR))
         name = f"{pid}-{os.urandom(8).hex()}{JOURNAL_SUFFIX}"
@@ -136,15 +173,22 @@ class Writer:
         try:
             fd = os.open(pending, flags, FILE_MODE)
         except OSError as exc:
-            raise JournalError(f"cannot create a journal in {directory}: {exc.strerror}") from None
+            raise StorageError(f"cannot create a journal in {directory}: {exc.strerror}") from None
+        current = pending
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.rename(pending, path)
+            current = path
             if self.fsync:
                 fsync_dir(directory)
         except OSError as exc:
+            try:  # noqa: SIM105 - not contextlib: see the module's docstring
+                os.unlink(current)
+            except OSError:
+                pass  # an empty journal, or ".new": the compactor removes either
             os.close(fd)
-            raise JournalError(f"cannot open journal {path}: {exc.strerror}") from None
+            raise StorageError(f"cannot open journal {path}: {exc.strerror}") from None
+        self._size = 0
         return fd, path
 
 

@@ -3,9 +3,11 @@ filtered by since/until, streamed with a handful of files open at a time."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 
-from journal_helpers import live_writer, open_fds, raw_line, write_journal
+from journal_helpers import fork, live_writer, open_fds, raw_line, reap, write_journal
 
 import journal
 from journal._codec import decode
@@ -82,3 +84,72 @@ def test_history_streams_two_thousand_files_with_few_open(tmp_path):
     next(stream)
     stream.close()
     assert open_fds() == baseline
+
+
+def _looping_writer(home, index: int, report: int) -> None:
+    """Journal after journal, three appends each, every id reported once it returned."""
+    for j in range(30):
+        with journal.Writer(home, fsync=False) as writer:
+            for n in range(3):
+                key = f"w{index}-{j}-{n}"
+                event_id = writer.append(key, {"n": n}, "t")
+                os.write(report, f"{key} {event_id}\n".encode())
+
+
+def _looping_compactor(home, stop, report: int) -> None:
+    while not stop.exists():
+        archived = journal.compact(home, wait=True).files_archived
+        os.write(report, b"%d\n" % archived)
+
+
+def test_readers_under_a_looping_compactor_and_live_writers(tmp_path):
+    """history() yields every record appended before the call exactly once, and load()
+    holds every one, while journals move to the archive under them (the reading goes on
+    until the compactor has archived all 90); latest() answers right or misses. No
+    exception, no error."""
+    home, stop = tmp_path / "home", tmp_path / "stop"
+    acks_r, acks_w = os.pipe()
+    writers = [fork(lambda i=i: _looping_writer(home, i, acks_w)) for i in range(3)]
+    os.close(acks_w)  # before the compactor is forked: the pipe ends with the writers
+    compactions_r, compactions_w = os.pipe()
+    compactor = fork(lambda: _looping_compactor(home, stop, compactions_w))
+    os.close(compactions_w)
+    os.set_blocking(acks_r, False)
+    os.set_blocking(compactions_r, False)
+    acked: dict[str, str] = {}
+    pending = b""
+    archived_during = rounds = 0
+    deadline = time.monotonic() + 300  # a condition, waited for generously
+    while True:
+        try:
+            while chunk := os.read(acks_r, 1 << 16):
+                pending += chunk
+            writing = False  # every writer closed its end: all done
+        except BlockingIOError:
+            writing = True
+        *lines, pending = pending.split(b"\n")
+        acked.update(line.decode().split() for line in lines)
+        history = journal.history(home)
+        ids = [record.id for record in history]
+        assert len(ids) == len(set(ids)), "a record yielded twice"
+        assert set(acked.values()) <= set(ids), "a record appended before the call missed"
+        assert history.errors == ()
+        state = journal.load(home)
+        assert {key: state[key].id for key in acked if key in state} == acked
+        assert state.errors == ()
+        for key in list(acked)[-3:]:
+            found = journal.latest(home, key)
+            assert found is None or found["id"] == acked[key]
+        rounds += 1
+        with contextlib.suppress(BlockingIOError):
+            archived_during += sum(map(int, os.read(compactions_r, 1 << 16).split()))
+        if not writing and archived_during == 3 * 30:  # every journal moved while we read
+            break
+        assert time.monotonic() < deadline, f"{archived_during} journals archived in 5 min"
+    assert reap(writers) == [0, 0, 0]
+    stop.touch()
+    assert reap([compactor]) == [0]
+    assert len(acked) == 3 * 30 * 3 and rounds >= 1
+    journal.compact(home)
+    assert {key: r.id for key, r in journal.load(home).items()} == acked
+    print(f"{rounds} rounds, {archived_during} journals archived meanwhile")

@@ -4,6 +4,9 @@ found by a test or a review, kept so that it stays fixed)."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import time
 import zlib
 
 import pytest
@@ -146,3 +149,41 @@ def test_readers_refuse_symlinked_directories(tmp_path):
     assert "planted" not in journal.load(home)
     assert list(journal.history(home)) == []
     assert journal.latest(home, "planted") is None
+
+
+@pytest.mark.parametrize("home", ["/proc/forbidden", "/proc/forbidden/deeper/home"])
+def test_a_state_directory_that_cannot_be_created_fails_once_with_the_reason(home):
+    # It once recursed until RecursionError (mkdir under /proc fails with ENOENT).
+    with pytest.raises(journal.UnsafePathError, match="No such file or directory"):
+        journal.compact(home)
+    with pytest.raises(journal.UnsafePathError, match="cannot be created"):
+        journal.Writer(home).append("k", {"n": 1}, "t")
+    assert list(journal.history(home)) == [] and len(journal.load(home)) == 0
+
+
+def test_stale_temporaries_are_removed_at_the_start_of_a_compaction(tmp_path):
+    with journal.Writer(tmp_path) as writer:
+        writer.append("k", {"n": 1}, "t")
+    journal.compact(tmp_path)
+    old = time.time() - 120
+    planted = {
+        ".snapshot.999.tmp": True,  # a compactor's own: removed, whatever its age
+        "quarantine/.1-x.jnl.jsonl.999.tmp": True,
+        ".settings.998.tmp": True,  # someone else's, older than a minute: removed
+        ".settings.999.tmp": False,  # someone else's, recent: kept
+        ".snapshot.997.tmp": False,  # held under flock by its writer: kept
+    }
+    for name in planted:
+        (tmp_path / name).write_bytes(b"half-written")
+    os.utime(tmp_path / ".settings.998.tmp", (old, old))
+    held = os.open(tmp_path / ".snapshot.997.tmp", os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        report = journal.compact(tmp_path)
+    finally:
+        os.close(held)
+    assert report.temporaries_removed == 3
+    for name, removed in planted.items():
+        assert (tmp_path / name).exists() is not removed, name
+    assert journal.compact(tmp_path).temporaries_removed == 1  # no longer held
+    assert journal.load(tmp_path)["k"].data == {"n": 1}
