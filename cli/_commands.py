@@ -326,4 +326,6 @@ def _explain(difference: reconcile.Difference) -> str:
         return f"the cache holds event {found}; the history's latest is {expected}"
     if difference.kind == "missing_from_cache":
         return f"the history has event {expected}, newer than the cache's oldest, but no entry"
+    if difference.kind == "unreadable":
+        return f"could not be read, so not verified: {found}"
     return f"{difference.kind}: expected {expected}, found {found}"

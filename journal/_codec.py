@@ -127,8 +127,10 @@ def _well_formed(record: dict[str, Any]) -> bool:
         and isinstance(record.get("ts"), str)
         and type(record.get("pid")) is int
         and isinstance(record.get("type"), str)
+        and 0 < len(record["type"]) <= MAX_TYPE
+        and _printable(record["type"])
         and isinstance(record.get("key"), str)
-        and bool(record["key"])
+        and 0 < len(record["key"]) <= MAX_KEY
         and (record.get("data") is None or isinstance(record["data"], dict))
     )
 

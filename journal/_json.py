@@ -11,18 +11,32 @@ from __future__ import annotations
 _WHITESPACE = " \t\n\r"
 
 
+class _NotJSONError(ValueError):
+    """A number JSON (RFC 8259) has no value for: NaN, Infinity, or beyond a float."""
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value - value != 0:  # inf or nan
+        raise _NotJSONError(f"{text[:40]} is beyond a float")
+    return value
+
+
 class _Context:
-    """What the C scanner reads from a ``json.JSONDecoder``: the defaults of ``loads``."""
+    """What the C scanner reads from a ``json.JSONDecoder``: ``loads``'s defaults, but
+    strict about numbers. A record whose data held NaN or 1e999 would be read, and then
+    could never be written again (the encoder refuses them): such a line is rejected here,
+    as not JSON, and quarantined like any other."""
 
     strict = True
     object_hook = None
     object_pairs_hook = None
-    parse_float = float
+    parse_float = staticmethod(_finite)
     parse_int = int
 
     @staticmethod
     def parse_constant(name: str) -> float:
-        return float(name.lower().replace("infinity", "inf"))
+        raise _NotJSONError(f"{name} is not JSON")
 
 
 try:
@@ -65,6 +79,8 @@ def parse_json(data: bytes | str) -> object:
         value, end = _scan(text, start)
     except StopIteration:
         raise ValueError("not a JSON document") from None
+    except _NotJSONError:
+        raise
     except (ValueError, SystemError):
         # Malformed input. The scanner builds its error from json.decoder, and without
         # that module loaded (3.11) it fails with SystemError: let json explain instead.

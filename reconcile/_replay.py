@@ -128,12 +128,15 @@ class Difference:
 
     key: str
     # snapshot_differs | missing_from_cache | not_in_history | database_differs (expected:
-    # a session id) | executor_missing (expected: the executor id the database lacks)
+    # a session id) | executor_missing (expected: the executor id the database lacks) |
+    # unreadable (found: the I/O error that kept a file from being read)
     kind: str
     expected: str | None
     found: str | None
 
     def __str__(self) -> str:
+        if self.kind == "unreadable":
+            return f"unreadable: {self.found}"
         return f"{self.kind}: {self.key}: expected {self.expected!r}, found {self.found!r}"
 
 
@@ -163,11 +166,15 @@ def verify(settings: Settings, *, db: bool = False) -> VerifyReport:
     """
     rebuilt: dict[str, dict[str, Any]] = {}
     count = 0
-    for record in journal.history(settings.home):
+    history = journal.history(settings.home)
+    for record in history:
         journal.fold([record.to_dict()], rebuilt)
         count += 1
     state = journal.load(settings.home)
     differences: list[Difference] = []
+    # What could not be read cannot be verified: an error is never evidence of absence.
+    for error in (*history.errors, *state.errors):
+        differences.append(Difference("-", "unreadable", None, error))
     unverifiable = 0
     for key, entry in state.items():
         expected = rebuilt.get(key)

@@ -187,3 +187,27 @@ def test_stale_temporaries_are_removed_at_the_start_of_a_compaction(tmp_path):
         assert (tmp_path / name).exists() is not removed, name
     assert journal.compact(tmp_path).temporaries_removed == 1  # no longer held
     assert journal.load(tmp_path)["k"].data == {"n": 1}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '"key":"' + "k" * 600 + '","data":{}',  # a key over MAX_KEY
+        '"key":"k","data":{"x":NaN}',
+        '"key":"k","data":{"x":1e999}',
+    ],
+    ids=["long-key", "nan", "overflow"],
+)
+def test_a_record_the_writer_could_not_write_is_quarantined_not_fatal(tmp_path, body):
+    """Readers once accepted lines the encoder refuses; the compactor then failed on
+    every run while re-encoding the snapshot. Such a line is now not JSON: skipped."""
+    from journal_helpers import framed
+
+    raw = (
+        '{"v":1,"id":"01a217ec-dfb3-7220-9f7f-4b12aecbd522","ts":"2026-11-26T12:55:29.459133Z",'
+        f'"pid":1,"type":"t",{body}}}'
+    ).encode()
+    write_journal(tmp_path, [framed(raw), raw_line("good", {"n": 1})])
+    report = journal.compact(tmp_path)
+    assert (report.entries, report.quarantined) == (1, 1)
+    assert journal.compact(tmp_path).entries == 1  # and the next one too
