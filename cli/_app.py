@@ -109,10 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "install-hooks", _install.run, "add the hook to Claude Code's settings.json", home=False
     )
-    p.add_argument("--settings", help="default ~/.claude/settings.json")
-    p.add_argument("--uninstall", action="store_true")
-    p.add_argument("--dry-run", action="store_true", help="print the result, write nothing")
-    p.add_argument("--command", dest="hook_command", default="reconcile hook")
+    _install.add_arguments(p)
 
     p = command("demo", _demo.run, "the whole thing on a throwaway embedded PostgreSQL", home=False)
     p.add_argument("--home", dest="demo_home", help="keep the demo's state here (new or empty)")

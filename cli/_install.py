@@ -1,45 +1,312 @@
-"""``reconcile install-hooks``: add (or remove) the hook in a Claude Code settings.json.
+"""``reconcile install-hooks``: wire the hook into a Claude Code settings.json, or remove it.
 
-Idempotent, and careful with a file the user owns: every other key and every foreign
-hook is kept, a backup is written, and the new file replaces the old atomically. A file
-that is not valid JSON is left untouched and reported.
+Which events (docs/hook.md has the measurements behind this):
+
+- ``SessionStart`` (matcher ``startup|resume|clear|compact|fork``): Claude Code fires it
+  at every change of session id, so this is where the id is observed first;
+- ``UserPromptSubmit``: once per prompt, before the first model request; the safety net;
+- ``PreToolUse`` (matcher ``*``) only with ``--every-tool-use``, and then ``async`` where
+  Claude Code supports it, so that no tool use waits on the hook.
+
+The first two are synchronous on purpose: each runs once per session or prompt, and a
+headless session that ends cancels the async hooks still running (measured with the
+real Claude Code), which would lose the one observation that matters.
+
+The form depends on the Claude Code version (``claude --version`` of the ``claude`` on
+``PATH``, or ``--claude-version``): from 2.1.139 the exec form (``command`` + ``args``,
+no ``/bin/sh`` in between), before it the shell form; ``async`` from 2.1.23. An unknown
+version gets the shell form without ``async``, which every version runs.
+
+Every entry written carries ``"statusMessage": "session-reconcile"`` (the text Claude
+Code shows while a hook runs) and that is how a later run knows it: an entry with that
+mark, one whose program is named ``reconcile`` and whose last argument is ``hook`` (what
+earlier versions wrote, whatever ``--command`` said), or one running the given
+``--command``. Installing replaces every such entry (so an upgrade drops a PreToolUse
+entry written before); ``--uninstall`` removes them all.
+
+Careful with a file the user owns: every other key and every foreign hook is kept, a
+backup is written, and the new file replaces the old atomically with the old mode. A file
+that is not valid JSON is left untouched and reported; a missing file stays missing on
+``--uninstall``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
+import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from reconcile import ReconcileError
-from reconcile._settings import Settings
+from reconcile import ReconcileError, Settings
 
-EVENTS = {"PreToolUse": "*", "UserPromptSubmit": None}  # event -> matcher (None: none)
+MARK = "session-reconcile"  # statusMessage of every entry this command writes
+SESSION_SOURCES = "startup|resume|clear|compact|fork"
+EXEC_FORM_SINCE = (2, 1, 139)  # Claude Code CHANGELOG: hook `args` (exec form) added
+ASYNC_SINCE = (2, 1, 23)  # the first CHANGELOG entry about async hooks
+EVENTS = ("SessionStart", "UserPromptSubmit", "PreToolUse")
+_SHELL_SYNTAX = set("$`|&;<>()*?[]{}~!#\\\n")
+_VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
+
+Version = tuple[int, int, int]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--settings", help="default ~/.claude/settings.json")
+    parser.add_argument("--uninstall", action="store_true", help="remove every entry it wrote")
+    parser.add_argument("--dry-run", action="store_true", help="print the result, write nothing")
+    parser.add_argument(
+        "--command",
+        dest="hook_command",
+        default="reconcile hook",
+        help="the hook command (default: 'reconcile hook'; its program must be on the PATH "
+        "Claude Code sees)",
+    )
+    parser.add_argument(
+        "--every-tool-use",
+        action="store_true",
+        help="also run on PreToolUse (async where supported): belt and braces",
+    )
+    parser.add_argument(
+        "--claude-version",
+        type=_version_arg,
+        help="the Claude Code version to write for (default: `claude --version` on PATH)",
+    )
 
 
 def run(args: Any, settings: Settings) -> int:
     path = Path(args.settings or Path.home() / ".claude" / "settings.json").expanduser()
+    if args.uninstall and not path.exists() and not path.is_symlink():
+        print(f"{path}: no such file; nothing to remove")
+        return 0
     current = _read(path)
-    updated = (
-        _without(current, args.hook_command)
-        if args.uninstall
-        else _with(current, args.hook_command)
-    )
+    if args.uninstall:
+        updated = without(current, args.hook_command)
+        plan = None
+        removed = _count_ours(current, args.hook_command)
+    else:
+        version = args.claude_version or detect_claude_version()
+        plan = Plan.for_version(args.hook_command, version, every_tool_use=args.every_tool_use)
+        updated = with_hooks(current, plan)
+        removed = 0
     text = json.dumps(updated, indent=2) + "\n"
     if args.dry_run:
         sys.stdout.write(text)
-        return 0
-    if updated == current and path.exists():
+    elif updated == current and path.exists():
         print(f"{path}: already {'without' if args.uninstall else 'with'} the hook")
-        return 0
-    _write(path, text)
-    action = "removed from" if args.uninstall else "installed in"
-    print(f"{args.hook_command!r} {action} {path}")
+    else:
+        _write(path, text)
+        print(f"{path}: " + (f"{removed} hook entries removed" if plan is None else "installed"))
+    if plan is not None:
+        for line in plan.describe():
+            print(f"  {line}", file=sys.stderr if args.dry_run else sys.stdout)
+        warning = plan.path_warning()
+        if warning:
+            sys.stderr.write(f"reconcile: warning: {warning}\n")
     return 0
+
+
+# -- what to write ------------------------------------------------------------------------
+
+
+class Plan:
+    """The entries one install writes: per event, the matcher and the hook entry."""
+
+    def __init__(
+        self, command: str, argv: list[str] | None, version: Version | None, every: bool
+    ) -> None:
+        self.command = command
+        self.argv = argv  # the exec form's argument vector, or None for the shell form
+        self.version = version
+        self.async_tool_use = every and version is not None and version >= ASYNC_SINCE
+        self.events: dict[str, tuple[str | None, dict[str, Any]]] = {}
+        if argv is not None:
+            base: dict[str, Any] = {"type": "command", "command": argv[0], "args": argv[1:]}
+        else:
+            base = {"type": "command", "command": command}
+        base["statusMessage"] = MARK
+        self.events["SessionStart"] = (SESSION_SOURCES, dict(base))
+        self.events["UserPromptSubmit"] = (None, dict(base))
+        if every:
+            entry = {**base, "async": True} if self.async_tool_use else dict(base)
+            self.events["PreToolUse"] = ("*", entry)
+
+    @classmethod
+    def for_version(cls, command: str, version: Version | None, every_tool_use: bool) -> Plan:
+        argv = exec_argv(command) if version is not None and version >= EXEC_FORM_SINCE else None
+        return cls(command, argv, version, every_tool_use)
+
+    def describe(self) -> list[str]:
+        form = "exec form (no shell)" if self.argv is not None else "shell form"
+        if self.version is None:
+            why = "no `claude` on PATH to ask its version; --claude-version chooses"
+        else:
+            why = "Claude Code " + ".".join(map(str, self.version))
+            if self.argv is None and self.version >= EXEC_FORM_SINCE:
+                why += "; the command needs a shell"
+        lines = [f"events: {', '.join(self.events)}", f"form: {form} ({why})"]
+        if "PreToolUse" in self.events:
+            mode = "async" if self.async_tool_use else "synchronous (no async before 2.1.23)"
+            lines.append(f"PreToolUse: every tool use, {mode}")
+        return lines
+
+    def path_warning(self) -> str | None:
+        """Why Claude Code may not find the program, or None."""
+        program = self.argv[0] if self.argv is not None else _first_word(self.command)
+        if program is None or shutil.which(program) is not None:
+            return None
+        here = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+        hint = ""
+        if here is not None and here.name == "reconcile" and here.is_file():
+            hint = f"; pass --command '{shlex.quote(str(here))} hook'"
+        return f"{program!r} is not on PATH, so Claude Code may not find it{hint}"
+
+
+def exec_argv(command: str) -> list[str] | None:
+    """The argument vector of a plain command (words, quotes), or None if it needs a shell."""
+    if not command.strip() or _SHELL_SYNTAX & set(command):
+        return None
+    try:
+        argv = shlex.split(command)
+    except ValueError:
+        return None
+    return argv or None
+
+
+def _first_word(command: str) -> str | None:
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    return words[0] if words and not (_SHELL_SYNTAX & set(words[0])) else None
+
+
+def detect_claude_version(program: str = "claude") -> Version | None:
+    """``claude --version`` of the ``claude`` on PATH (``2.1.332 (Claude Code)``), or None."""
+    found = shutil.which(program)
+    if found is None:
+        return None
+    try:
+        done = subprocess.run(
+            [found, "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = _VERSION.search(done.stdout) if done.returncode == 0 else None
+    return (int(match[1]), int(match[2]), int(match[3])) if match else None
+
+
+def _version_arg(text: str) -> Version:
+    match = _VERSION.fullmatch(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected a version like 2.1.332, got {text!r}")
+    return int(match[1]), int(match[2]), int(match[3])
+
+
+# -- recognising and rewriting entries -------------------------------------------------------
+
+
+def is_ours(hook: Any, command: str) -> bool:
+    """Whether a hook entry was written by this command, now or by an earlier version."""
+    if not isinstance(hook, dict) or hook.get("type") != "command":
+        return False
+    if hook.get("statusMessage") == MARK:
+        return True
+    program, args = hook.get("command"), hook.get("args")
+    if not isinstance(program, str):
+        return False
+    if isinstance(args, list) and all(isinstance(a, str) for a in args):
+        argv: list[str] | None = [program, *args]
+    else:
+        if program == command:
+            return True
+        argv = exec_argv(program)
+    if argv is None:
+        return False
+    return argv == exec_argv(command) or (
+        len(argv) >= 2 and os.path.basename(argv[0]) == "reconcile" and argv[-1] == "hook"
+    )
+
+
+def _ours_in(groups: list[Any], command: str) -> list[tuple[Any, Any]]:
+    return [
+        (group.get("matcher"), hook)
+        for group in groups
+        if isinstance(group, dict) and isinstance(group.get("hooks"), list)
+        for hook in group["hooks"]
+        if is_ours(hook, command)
+    ]
+
+
+def _count_ours(settings: dict[str, Any], command: str) -> int:
+    hooks = settings.get("hooks", {})
+    return sum(len(_ours_in(g, command)) for g in hooks.values() if isinstance(g, list))
+
+
+def _remove_ours(groups: list[Any], command: str) -> list[Any]:
+    kept = []
+    for group in groups:
+        if isinstance(group, dict) and isinstance(group.get("hooks"), list):
+            remaining = [h for h in group["hooks"] if not is_ours(h, command)]
+            if not remaining and group["hooks"]:
+                continue  # a group that held only our hooks goes with them
+            group["hooks"] = remaining
+        kept.append(group)
+    return kept
+
+
+def with_hooks(settings: dict[str, Any], plan: Plan) -> dict[str, Any]:
+    """``settings`` with exactly the plan's entries of ours; an event already in that state
+    is left as it is, so that a second install changes nothing."""
+    updated = json.loads(json.dumps(settings))  # a deep copy; the original stays comparable
+    hooks = updated.setdefault("hooks", {})
+    for event in EVENTS:
+        groups = hooks.get(event, [])
+        if not isinstance(groups, list):
+            raise ReconcileError(f"settings 'hooks.{event}' is not a list; fix it first: unchanged")
+        wanted = plan.events.get(event)
+        if _ours_in(groups, plan.command) == ([wanted] if wanted else []):
+            continue
+        groups = _remove_ours(groups, plan.command)
+        if wanted is not None:
+            matcher, entry = wanted
+            group: dict[str, Any] = {"hooks": [entry]}
+            groups.append({"matcher": matcher, **group} if matcher is not None else group)
+        if groups:
+            hooks[event] = groups
+        else:
+            hooks.pop(event, None)
+    if not hooks:
+        del updated["hooks"]
+    return updated
+
+
+def without(settings: dict[str, Any], command: str) -> dict[str, Any]:
+    """``settings`` without any entry of ours, in any event."""
+    updated = json.loads(json.dumps(settings))
+    hooks = updated.get("hooks")
+    if not isinstance(hooks, dict):
+        return updated
+    for event, groups in list(hooks.items()):
+        if not isinstance(groups, list) or not _ours_in(groups, command):
+            continue
+        kept = _remove_ours(groups, command)
+        if kept:
+            hooks[event] = kept
+        else:
+            del hooks[event]
+    if not hooks:
+        del updated["hooks"]
+    return updated
+
+
+# -- the file ---------------------------------------------------------------------------------
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -58,58 +325,8 @@ def _read(path: Path) -> dict[str, Any]:
     return data
 
 
-def _ours(hook: Any, command: str) -> bool:
-    return (
-        isinstance(hook, dict) and hook.get("type") == "command" and hook.get("command") == command
-    )
-
-
-def _with(settings: dict[str, Any], command: str) -> dict[str, Any]:
-    updated = json.loads(json.dumps(settings))  # a deep copy; the original stays comparable
-    hooks = updated.setdefault("hooks", {})
-    for event, matcher in EVENTS.items():
-        groups = hooks.setdefault(event, [])
-        if not isinstance(groups, list):
-            raise ReconcileError(f"settings 'hooks.{event}' is not a list; unchanged")
-        if any(
-            _ours(h, command) for g in groups if isinstance(g, dict) for h in g.get("hooks", [])
-        ):
-            continue
-        group: dict[str, Any] = {"hooks": [{"type": "command", "command": command}]}
-        if matcher is not None:
-            group = {"matcher": matcher, **group}
-        groups.append(group)
-    return updated
-
-
-def _without(settings: dict[str, Any], command: str) -> dict[str, Any]:
-    updated = json.loads(json.dumps(settings))
-    hooks = updated.get("hooks")
-    if not isinstance(hooks, dict):
-        return updated
-    for event in EVENTS:
-        groups = hooks.get(event)
-        if not isinstance(groups, list):
-            continue
-        kept = []
-        for group in groups:
-            if isinstance(group, dict) and isinstance(group.get("hooks"), list):
-                remaining = [h for h in group["hooks"] if not _ours(h, command)]
-                if not remaining and group["hooks"]:
-                    continue  # a group that held only our hook goes with it
-                group["hooks"] = remaining
-            kept.append(group)
-        if kept:
-            hooks[event] = kept
-        else:
-            del hooks[event]
-    if not hooks:
-        del updated["hooks"]
-    return updated
-
-
 def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if path.exists():
         shutil.copy2(path, path.with_name(path.name + ".bak"))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -177,67 +177,6 @@ def test_db_url_and_migrate_with_a_configured_database(home, db):
     assert refused.returncode == 2 and b"embedded" in refused.stderr
 
 
-# -- install-hooks ----------------------------------------------------------------------
-
-
-def test_install_hooks_into_a_missing_file_then_idempotent(tmp_path, home):
-    settings = tmp_path / "claude" / "settings.json"
-    done = cli("install-hooks", "--settings", str(settings), home=home)
-    assert done.returncode == 0
-    data = json.loads(settings.read_text())
-    assert data["hooks"]["PreToolUse"] == [
-        {"matcher": "*", "hooks": [{"type": "command", "command": "reconcile hook"}]}
-    ]
-    assert data["hooks"]["UserPromptSubmit"] == [
-        {"hooks": [{"type": "command", "command": "reconcile hook"}]}
-    ]
-    before = settings.read_bytes()
-    again = cli("install-hooks", "--settings", str(settings), home=home)
-    assert again.returncode == 0 and b"already" in again.stdout
-    assert settings.read_bytes() == before
-
-
-def test_install_hooks_keeps_other_keys_and_foreign_hooks(tmp_path, home):
-    settings = tmp_path / "settings.json"
-    original = {
-        "model": "opus",
-        "permissions": {"allow": ["Bash(ls)"]},
-        "hooks": {
-            "PreToolUse": [
-                {"matcher": "Bash", "hooks": [{"type": "command", "command": "audit.sh"}]}
-            ],
-            "Stop": [{"hooks": [{"type": "command", "command": "notify"}]}],
-        },
-    }
-    settings.write_text(json.dumps(original))
-    assert cli("install-hooks", "--settings", str(settings), home=home).returncode == 0
-    data = json.loads(settings.read_text())
-    assert data["model"] == "opus" and data["permissions"] == original["permissions"]
-    assert data["hooks"]["Stop"] == original["hooks"]["Stop"]
-    assert data["hooks"]["PreToolUse"][0] == original["hooks"]["PreToolUse"][0]
-    assert len(data["hooks"]["PreToolUse"]) == 2
-    assert json.loads((tmp_path / "settings.json.bak").read_text()) == original
-
-    dry = cli("install-hooks", "--settings", str(settings), "--uninstall", "--dry-run", home=home)
-    assert json.loads(dry.stdout) == original
-    assert json.loads(settings.read_text()) == data  # dry run wrote nothing
-    assert (
-        cli("install-hooks", "--settings", str(settings), "--uninstall", home=home).returncode == 0
-    )
-    assert json.loads(settings.read_text()) == original
-
-
-def test_install_hooks_leaves_invalid_json_untouched(tmp_path, home):
-    settings = tmp_path / "settings.json"
-    settings.write_text('{"hooks": {,,}')
-    done = cli("install-hooks", "--settings", str(settings), home=home)
-    assert done.returncode == 3
-    assert b"not valid JSON" in done.stderr and done.stderr.count(b"\n") == 1
-    assert settings.read_text() == '{"hooks": {,,}'
-    assert not (tmp_path / "settings.json.bak").exists()
-    os.chmod(settings, 0o600)
-
-
 # -- what a newcomer trips over ---------------------------------------------------------
 
 
