@@ -5,7 +5,9 @@ there), ``work/`` (the project Claude Code runs in), ``tmp/`` and ``bin/``. ``bi
 a ``reconcile`` that appends one line to ``hook-processes.log`` and then ``exec``\\ s the
 real command, first on the ``PATH`` Claude Code gets: the settings written by ``reconcile
 install-hooks`` run it as they would run the real one, and every hook process Claude Code
-starts leaves exactly one line (a count of processes, not of reports about them).
+starts leaves exactly one line (a count of processes, not of reports about them). The
+benchmark uses two others: the real script itself (nothing added to time), and a bash
+wrapper that records each hook's CPU seconds (``times``).
 
 :meth:`Sandbox.run` runs ``claude -p PROMPT --output-format stream-json --verbose
 --include-hook-events`` offline against the fake Messages API, under ``reaper.py``: when
@@ -69,7 +71,13 @@ def wait_for(
 class Run:
     """One ``claude -p``: its exit code, its stream-json events, what the reaper saw."""
 
-    def __init__(self, completed: subprocess.CompletedProcess[bytes], report: dict[str, Any]):
+    def __init__(
+        self,
+        completed: subprocess.CompletedProcess[bytes],
+        report: dict[str, Any],
+        started_at: float,
+    ) -> None:
+        self.started_at = started_at  # time.monotonic() when the reaper was started
         self.exit_code: int = report["exit_code"]
         self.stderr = completed.stderr.decode(errors="replace")
         self.report = report
@@ -112,7 +120,12 @@ class Run:
 class Sandbox:
     """A private directory where Claude Code runs; see the module docstring."""
 
-    def __init__(self, root: Path, claude: Path, api_url: str, **environment: str) -> None:
+    def __init__(
+        self, root: Path, claude: Path, api_url: str, hook: str = "count", **environment: str
+    ) -> None:
+        """``hook``: the ``reconcile`` Claude Code finds first: ``count`` (one line per
+        process in :attr:`counter`), ``times`` (that, and bash ``times`` after each, for
+        :meth:`hook_cpu_s`) or ``direct`` (the real script, nothing added)."""
         self.root = root
         self.claude = claude
         self.home = root / "home"
@@ -120,15 +133,28 @@ class Sandbox:
         self.bin = root / "bin"
         self.settings = self.home / ".claude" / "settings.json"
         self.counter = root / "hook-processes.log"
-        for directory in (self.home / ".claude", self.work, self.bin, root / "tmp"):
+        self.cpu = root / "hook-cpu"  # with hook="times": one file per hook process
+        for directory in (self.home / ".claude", self.work, self.bin, root / "tmp", self.cpu):
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         wrapper = self.bin / "reconcile"
-        wrapper.write_text(
-            "#!/bin/sh\n"
-            f'echo "$$ $*" >> {shlex.quote(str(self.counter))}\n'
-            f'exec {shlex.join(reconcile_command())} "$@"\n'
-        )
-        wrapper.chmod(0o700)
+        real, log = shlex.join(reconcile_command()), shlex.quote(str(self.counter))
+        if hook == "count":
+            wrapper.write_text(f'#!/bin/sh\necho "$$ $*" >> {log}\nexec {real} "$@"\n')
+        elif hook == "times":
+            cpu = shlex.quote(str(self.cpu))
+            wrapper.write_text(
+                f'#!/bin/bash\necho "$$ $*" >> {log}\n{real} "$@"\nstatus=$?\n'
+                f"times > {cpu}/$$\nexit $status\n"
+            )
+        elif hook == "direct":
+            script = Path(reconcile_command()[0])
+            if script.name != "reconcile":
+                raise RuntimeError("no reconcile script beside this Python: pip install . first")
+            wrapper.symlink_to(script)
+        else:
+            raise ValueError(f"hook is count, times or direct, not {hook!r}")
+        if hook != "direct":
+            wrapper.chmod(0o700)
         self.path = os.pathsep.join(
             [str(self.bin), str(claude.parent), "/usr/local/bin:/usr/bin:/bin"]
         )
@@ -163,6 +189,21 @@ class Sandbox:
         assert done.returncode == 0, done.stderr
         return done
 
+    def hook_cpu_s(self) -> list[float]:
+        """With ``hook="times"``: the CPU seconds (user + system) of each hook process that
+        ran to its end (one Claude Code cancelled leaves its child orphaned instead)."""
+        cpu = []
+        for path in self.cpu.iterdir():
+            lines = path.read_text().splitlines()  # the wrapper's own times, its child's
+            cpu.append(sum(_seconds(t) for t in lines[1].split()))
+        return cpu
+
+    def reset_counts(self) -> None:
+        """Forget the hook processes counted so far."""
+        self.counter.unlink(missing_ok=True)
+        for path in self.cpu.iterdir():
+            path.unlink()
+
     def hook_processes(self) -> list[str]:
         """One line per hook process Claude Code started so far."""
         try:
@@ -188,6 +229,7 @@ class Sandbox:
             "--include-hook-events",
             *flags,
         ]
+        started_at = time.monotonic()
         completed = subprocess.run(
             command,
             cwd=self.work,
@@ -197,4 +239,10 @@ class Sandbox:
             timeout=RUN_TIMEOUT_S,
         )
         assert completed.returncode == 0, completed.stderr.decode(errors="replace")
-        return Run(completed, json.loads(report.read_text()))
+        return Run(completed, json.loads(report.read_text()), started_at)
+
+
+def _seconds(text: str) -> float:
+    """``0m0.012s`` (bash ``times``) in seconds."""
+    minutes, seconds = text.rstrip("s").split("m")
+    return int(minutes) * 60 + float(seconds)

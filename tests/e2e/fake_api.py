@@ -44,7 +44,7 @@ class FakeMessagesAPI:
 
     def __init__(self, command: str = "true") -> None:
         self.command = command
-        self.requests: list[tuple[str, str]] = []  # (method, path) in arrival order
+        self.requests: list[tuple[float, str, str]] = []  # (monotonic s, method, path)
         self.turnarounds_s: dict[str, float] = {}  # tool_use id -> answer sent to result in
         self._sent_at: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -219,7 +219,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _record(self) -> None:
         with self.server.api._lock:
-            self.server.api.requests.append((self.command, self.path))
+            self.server.api.requests.append((time.monotonic(), self.command, self.path))
 
     def _json(self, status: int, data: object) -> None:
         self._reply(status, json.dumps(data).encode(), "application/json")
