@@ -16,7 +16,9 @@ database is written, as for a session an orchestrator has just spawned). Per ins
 - **to the first request**: from starting ``claude`` to the first model request, which
   is where the SessionStart and UserPromptSubmit hooks are paid;
 - **row right**: whether the executor row holds the session's id once everything the
-  session started has finished.
+  session started has finished; also for sessions without a tool use, which end soon
+  after their prompt; and how many hooks Claude Code cancelled (an async hook still
+  running when a headless session ends is killed, and says ``"outcome": "cancelled"``).
 
 Installs, interleaved in rounds (the order rotates): no hook; the earlier install
 (PreToolUse on every tool use and UserPromptSubmit, synchronous, shell form); the default
@@ -35,7 +37,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -45,13 +46,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._harness import ROOT, machine, table
+from reconcile import migrate
 
 # The sandbox and the fake server are the end-to-end suite's: one harness for both.
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "e2e")]
 
 from claude_sandbox import Run, Sandbox, claude_binary  # noqa: E402
 from fake_api import FakeMessagesAPI  # noqa: E402
-from reconcile_helpers import reconcile_command, session_of  # noqa: E402
+from reconcile_helpers import session_of  # noqa: E402
 
 DATABASE = "reconcile_claude_bench"
 EARLIER = {  # what install-hooks wrote before: every tool use, synchronous, shell form
@@ -118,7 +120,7 @@ def main() -> None:
             from benchmarks.__main__ import dedicated_server
 
             admin = stack.enter_context(dedicated_server())
-        url = prepare(admin, tmp)
+        url = prepare(admin)
         results = measure(claude, url, tmp, rounds, tool_uses)
     results.update(machine=machine(), claude_code=version.strip(), rounds=rounds)
     results["tool_uses"] = tool_uses
@@ -127,7 +129,7 @@ def main() -> None:
         print(json.dumps(results, indent=2))
 
 
-def prepare(admin: str, tmp: Path) -> str:
+def prepare(admin: str) -> str:
     """A fresh database with the schema and one executor per install."""
     import psycopg
     from psycopg.conninfo import make_conninfo
@@ -136,15 +138,8 @@ def prepare(admin: str, tmp: Path) -> str:
         conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
         conn.execute(f"CREATE DATABASE {DATABASE}")
     url = make_conninfo(admin, dbname=DATABASE)
-    migrated = subprocess.run(
-        [*reconcile_command(), "--home", str(tmp / "migrate"), "db", "migrate"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "RECONCILE_DATABASE_URL": url},
-    )
-    if migrated.returncode != 0:
-        raise RuntimeError(f"reconcile db migrate failed: {migrated.stderr}")
     with psycopg.connect(url, autocommit=True) as conn:
+        migrate(conn)
         for n in range(len(INSTALLS)):
             conn.execute(
                 "INSERT INTO executors (id, agent_id, claude_session_id, state) "
@@ -181,6 +176,8 @@ def measure(claude: Path, url: str, tmp: Path, rounds: int, tool_uses: int) -> d
             "cpu_s": [],
             "background": [],
             "background_cpu_s": [],
+            "short_row_right": [],
+            "cancelled": [],  # async hooks Claude Code cancelled, per session
         }
         for name in names
     }
@@ -195,6 +192,7 @@ def measure(claude: Path, url: str, tmp: Path, rounds: int, tool_uses: int) -> d
             first = min(t for t, method, path in api.requests if path.startswith("/v1/messages"))
             figures["first_request_s"].append(first - run.started_at)
             figures["row_right"].append(float(session_of(url, f"e-{n}") == run.session_id))
+            figures["cancelled"].append(_cancelled(run))
 
             box = boxes[name, "times"]
             box.reset_counts()
@@ -203,8 +201,23 @@ def measure(claude: Path, url: str, tmp: Path, rounds: int, tool_uses: int) -> d
             figures["cpu_s"].append(sum(box.hook_cpu_s()))
             figures["background"].append(len(run.report["orphans"]))
             figures["background_cpu_s"].append(sum(o["cpu_s"] for o in run.report["orphans"]))
+
+            if name != NONE:  # a session without tool uses: over soon after its prompt
+                run, api = _session(boxes[name, "direct"], "Hello.", 0)
+                right = session_of(url, f"e-{n}") == run.session_id
+                figures["short_row_right"].append(float(right))
+                figures["cancelled"].append(_cancelled(run))
         print(f"- round {round_ + 1} of {rounds}", file=sys.stderr, flush=True)
     return {"installs": raw}
+
+
+def _cancelled(run: Run) -> float:
+    return sum(1 for e in run.hook_events("hook_response") if e["outcome"] == "cancelled")
+
+
+def _all_cpu(figures: dict[str, list[float]]) -> float:
+    pairs = zip(figures["cpu_s"], figures["background_cpu_s"], strict=True)
+    return statistics.median(hooks + background for hooks, background in pairs)
 
 
 def _session(box: Sandbox, prompt: str, tool_uses: int) -> tuple[Run, FakeMessagesAPI]:
@@ -234,6 +247,8 @@ def report(results: dict[str, Any]) -> str:
                 f"{(turn - base_turn) * 1000:+.1f} ms",
                 f"{first * 1000:.0f} ms ({(first - base_first) * 1000:+.0f})",
                 f"{sum(f['row_right']):g}/{len(f['row_right'])}",
+                f"{sum(f['short_row_right']):g}/{len(f['short_row_right'])}",
+                f"{sum(f['cancelled']):g}",
             ]
         )
     headers = [
@@ -245,6 +260,8 @@ def report(results: dict[str, Any]) -> str:
         "gained",
         "to first request",
         "row right",
+        "row right, no tool use",
+        "hooks cancelled",
     ]
     earlier, default = installs[EARLIER_NAME], installs[DEFAULT]
 
@@ -261,7 +278,8 @@ def report(results: dict[str, Any]) -> str:
         "",
         "earlier / default: "
         f"hook processes {med(earlier, 'processes') / med(default, 'processes'):.1f}x, "
-        f"their CPU {med(earlier, 'cpu_s') / med(default, 'cpu_s'):.1f}x, "
+        f"their CPU {med(earlier, 'cpu_s') / med(default, 'cpu_s'):.1f}x "
+        f"({_all_cpu(earlier) / _all_cpu(default):.1f}x with the background processes), "
         f"wall gained per tool use {gained_earlier * 1000:+.1f} ms vs "
         f"{gained_default * 1000:+.1f} ms",
     ]

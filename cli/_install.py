@@ -19,10 +19,10 @@ version gets the shell form without ``async``, which every version runs.
 
 Every entry written carries ``"statusMessage": "session-reconcile"`` (the text Claude
 Code shows while a hook runs) and that is how a later run knows it: an entry with that
-mark, one whose program is named ``reconcile`` and whose last argument is ``hook`` (what
-earlier versions wrote, whatever ``--command`` said), or one running the given
-``--command``. Installing replaces every such entry (so an upgrade drops a PreToolUse
-entry written before); ``--uninstall`` removes them all.
+mark, one whose program is named ``reconcile`` with a ``hook`` argument (what earlier
+versions wrote, whatever ``--command`` said), or one running the given ``--command``.
+Installing replaces every such entry (so an upgrade drops a PreToolUse entry written
+before); ``--uninstall`` removes them all.
 
 Careful with a file the user owns: every other key and every foreign hook is kept, a
 backup is written, and the new file replaces the old atomically with the old mode. A file
@@ -230,7 +230,7 @@ def is_ours(hook: Any, command: str) -> bool:
     if argv is None:
         return False
     return argv == exec_argv(command) or (
-        len(argv) >= 2 and os.path.basename(argv[0]) == "reconcile" and argv[-1] == "hook"
+        os.path.basename(argv[0]) == "reconcile" and "hook" in argv[1:]
     )
 
 

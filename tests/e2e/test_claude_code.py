@@ -27,7 +27,7 @@ from claude_sandbox import CLAUDE_VARIABLE, Run, Sandbox, claude_binary, wait_fo
 from fake_api import FakeMessagesAPI
 from reconcile_helpers import audit_rows, seed, session_of
 
-from reconcile._store import migrate
+from reconcile import migrate
 
 SESSION_SOURCES = "startup|resume|clear|compact|fork"
 
