@@ -58,12 +58,13 @@ Version = tuple[int, int, int]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--settings", help="default ~/.claude/settings.json")
+    parser.add_argument("--settings", metavar="PATH", help="default ~/.claude/settings.json")
     parser.add_argument("--uninstall", action="store_true", help="remove every entry it wrote")
     parser.add_argument("--dry-run", action="store_true", help="print the result, write nothing")
     parser.add_argument(
         "--command",
         dest="hook_command",
+        metavar="COMMAND",
         default="reconcile hook",
         help="the hook command (default: 'reconcile hook'; its program must be on the PATH "
         "Claude Code sees)",
@@ -76,6 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--claude-version",
         type=_version_arg,
+        metavar="VERSION",
         help="the Claude Code version to write for (default: `claude --version` on PATH)",
     )
 
