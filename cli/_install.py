@@ -266,7 +266,7 @@ def _remove_ours(groups: list[Any], command: str) -> list[Any]:
 def with_hooks(settings: dict[str, Any], plan: Plan) -> dict[str, Any]:
     """``settings`` with exactly the plan's entries of ours; an event already in that state
     is left as it is, so that a second install changes nothing."""
-    updated = json.loads(json.dumps(settings))  # a deep copy; the original stays comparable
+    updated: dict[str, Any] = json.loads(json.dumps(settings))  # a deep copy, to compare
     hooks = updated.setdefault("hooks", {})
     for event in EVENTS:
         groups = hooks.get(event, [])
@@ -291,7 +291,7 @@ def with_hooks(settings: dict[str, Any], plan: Plan) -> dict[str, Any]:
 
 def without(settings: dict[str, Any], command: str) -> dict[str, Any]:
     """``settings`` without any entry of ours, in any event."""
-    updated = json.loads(json.dumps(settings))
+    updated: dict[str, Any] = json.loads(json.dumps(settings))
     hooks = updated.get("hooks")
     if not isinstance(hooks, dict):
         return updated
