@@ -139,7 +139,7 @@ def prepare(admin: str) -> str:
         conn.execute(f"CREATE DATABASE {DATABASE}")
     url = make_conninfo(admin, dbname=DATABASE)
     with psycopg.connect(url, autocommit=True) as conn:
-        migrate(conn)
+        migrate(conn, create_tables=True)
         for n in range(len(INSTALLS)):
             conn.execute(
                 "INSERT INTO executors (id, agent_id, claude_session_id, state) "
@@ -225,6 +225,9 @@ def _session(box: Sandbox, prompt: str, tool_uses: int) -> tuple[Run, FakeMessag
         run = box.run(prompt, ANTHROPIC_BASE_URL=api.url)
     if run.exit_code != 0 or len(api.turnarounds_s) != tool_uses:
         raise RuntimeError(f"the session did not run {tool_uses} tool uses: {run.stderr[-2000:]}")
+    for response in run.hook_events("hook_response"):  # figures of a broken hook are no use
+        if response["outcome"] not in ("success", "cancelled"):
+            raise RuntimeError(f"a hook failed: {json.dumps(response)[:2000]}")
     return run, api
 
 

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from reconcile_helpers import ROOT, reconcile_command
+from reconcile_helpers import reconcile_command
 
 HERE = Path(__file__).resolve().parent
 
@@ -138,6 +138,7 @@ class Sandbox:
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         wrapper = self.bin / "reconcile"
         real, log = shlex.join(reconcile_command()), shlex.quote(str(self.counter))
+        first = [self.bin]
         if hook == "count":
             wrapper.write_text(f'#!/bin/sh\necho "$$ $*" >> {log}\nexec {real} "$@"\n')
         elif hook == "times":
@@ -146,24 +147,23 @@ class Sandbox:
                 f'#!/bin/bash\necho "$$ $*" >> {log}\n{real} "$@"\nstatus=$?\n'
                 f"times > {cpu}/$$\nexit $status\n"
             )
-        elif hook == "direct":
-            script = Path(reconcile_command()[0])
+        elif hook == "direct":  # its own directory on PATH: the script finds its
+            script = Path(reconcile_command()[0])  # environment from where it lies
             if script.name != "reconcile":
                 raise RuntimeError("no reconcile script beside this Python: pip install . first")
-            wrapper.symlink_to(script)
+            first.append(script.parent)
         else:
             raise ValueError(f"hook is count, times or direct, not {hook!r}")
         if hook != "direct":
             wrapper.chmod(0o700)
         self.path = os.pathsep.join(
-            [str(self.bin), str(claude.parent), "/usr/local/bin:/usr/bin:/bin"]
+            [*map(str, first), str(claude.parent), "/usr/local/bin:/usr/bin:/bin"]
         )
         self.environment = {
             "PATH": self.path,
             "HOME": str(self.home),
             "TMPDIR": str(root / "tmp"),
             "LANG": "C.UTF-8",
-            "PYTHONPATH": str(ROOT),
             "ANTHROPIC_BASE_URL": api_url,
             "ANTHROPIC_API_KEY": "dummy",
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",

@@ -53,7 +53,7 @@ def api() -> Iterator[FakeMessagesAPI]:
 @pytest.fixture
 def db(database_url: str) -> str:
     with psycopg.connect(database_url, autocommit=True) as conn:
-        migrate(conn)
+        migrate(conn, create_tables=True)
     seed(
         database_url,
         agents=[("a-1", "alice", "core", "e-1"), ("a-2", "bob", "core", "e-2")],
