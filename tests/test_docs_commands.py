@@ -297,6 +297,7 @@ class Setup:
             "--database-url": self.url or "",
             "--settings": str(self.settings),
             "--command": f"{self.script} hook",
+            "--claude-version": "2.1.332",
             "--since": "1h",
             "--until": "2099-01-01",
             "--key": "executor:e-1",
