@@ -287,7 +287,10 @@ def _report(
 ) -> dict[str, Any]:
     events = list(journal.history(settings.home))
     audited = {
-        e.id for e in events if e.type in (reconcile.RECONCILED, reconcile.DIVERGENCE_PRESERVED)
+        e.id
+        for e in events
+        if e.type in (reconcile.RECONCILED, reconcile.DIVERGENCE_PRESERVED)
+        and (e.data or {}).get("audited", True) is not False  # a repeated divergence has none
     }
     with reconcile.connect(settings, application="reconcile-demo") as conn:
         rows = {str(r[0]) for r in conn.execute("SELECT event_id FROM audit_events")}

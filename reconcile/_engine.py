@@ -113,7 +113,7 @@ def event_for(decision: Decision, session_id: str) -> tuple[str, dict[str, Any]]
     if decision.outcome == "confirmed":
         return CONFIRMED, {"executor_id": decision.executor_id, "session_id": session_id}
     if decision.outcome == "divergence_preserved":
-        return DIVERGENCE_PRESERVED, {
+        data: dict[str, Any] = {
             "executor_id": decision.executor_id,
             "stored_session_id": decision.stored_session_id,
             "live_session_id": session_id,
@@ -121,6 +121,9 @@ def event_for(decision: Decision, session_id: str) -> tuple[str, dict[str, Any]]
             "agent": decision.actor,
             "team": decision.team,
         }
+        if not decision.audited:  # this pair's audit row exists already, under another id
+            data["audited"] = False
+        return DIVERGENCE_PRESERVED, data
     return RECONCILED, {
         "executor_id": decision.executor_id,
         "old_session_id": decision.stored_session_id,

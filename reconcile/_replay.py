@@ -3,7 +3,7 @@ against the snapshot and the database."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -86,7 +86,7 @@ def replay_to_db(
     with connect(settings, application="reconcile-replay") as conn:
         for record in journal.history(settings.home):
             observed += record.type in UNSETTLED
-            if record.type in AUDITED_TYPES and record.data is not None:
+            if record.type in AUDITED_TYPES and record.data and audited(record.data):
                 batch.append(_audit_row(record))
                 if len(batch) >= _BATCH:
                     inserted += insert_audit_rows(conn, batch)
@@ -108,6 +108,12 @@ def replay_to_db(
     result = ReplayReport(pending, observed - pending, dict(report.outcomes), inserted)
     get_logger().info("replay.done", **result.to_dict())
     return result
+
+
+def audited(data: Mapping[str, Any]) -> bool:
+    """Whether a journaled reconciled/divergence event has an audit row of its own id: a
+    divergence already audited for the same pair (by any host) says ``"audited": false``."""
+    return data.get("audited", True) is not False
 
 
 def _audit_row(record: journal.Record) -> tuple[Any, ...]:
