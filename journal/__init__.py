@@ -31,7 +31,9 @@ __all__ = [
     "State",
     "StorageError",
     "UnsafePathError",
+    "UntrustedPathError",
     "Writer",
+    "check_home",
     "compact",
     "dump_json",
     "ensure_dir",
@@ -39,11 +41,13 @@ __all__ = [
     "event_time_us",
     "fold",
     "history",
+    "home_refusal",
     "inventory",
     "latest",
     "load",
     "new_event_id",
     "parse_json",
+    "path_refusal",
     "write_atomically",
 ]
 
@@ -61,6 +65,10 @@ _WHERE = {
     "RecordTooLargeError": "_errors",
     "StorageError": "_errors",
     "UnsafePathError": "_errors",
+    "UntrustedPathError": "_trust",
+    "check_home": "_trust",
+    "home_refusal": "_trust",
+    "path_refusal": "_trust",
     "Writer": "_writer",
     "event_time_us": "_codec",
     "parse_json": "_json",
@@ -112,4 +120,5 @@ if TYPE_CHECKING:
     from journal._layout import FILE_MODE, LOG_DIR, ensure_dir, ensure_home, write_atomically
     from journal._model import CompactionReport, Record, Skips, State
     from journal._read import History, history, load
+    from journal._trust import UntrustedPathError, check_home, home_refusal, path_refusal
     from journal._writer import Writer, new_event_id

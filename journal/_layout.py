@@ -41,8 +41,9 @@ FILE_MODE = 0o600
 
 def ensure_dir(path: StrPathT) -> StrPathT:
     """Create ``path`` 0700 (missing parents too), each creation fsynced in its parent;
-    refuse a symlink or a non-directory. Iterative: a path that cannot be created (say,
-    under ``/proc``) fails once, with the reason."""
+    refuse a symlink, a non-directory, or a directory that is not ours alone (see
+    :mod:`journal._trust`). Iterative: a path that cannot be created (say, under
+    ``/proc``) fails once, with the reason."""
     missing: list[str] = []
     current = os.path.abspath(path)
     while True:  # up to the nearest directory that exists (bounded by the path's depth)
@@ -81,6 +82,11 @@ def ensure_dir(path: StrPathT) -> StrPathT:
         raise UnsafePathError(f"{path} is a symlink; the state directory must be a real directory")
     if not stat.S_ISDIR(st.st_mode):
         raise UnsafePathError(f"{path} exists and is not a directory; move it away")
+    from journal._trust import UntrustedPathError, refusal  # not ours alone: refused
+
+    reason = refusal(path, st)
+    if reason is not None:
+        raise UntrustedPathError(reason)
     return path
 
 
