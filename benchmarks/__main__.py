@@ -117,7 +117,7 @@ def dedicated_server() -> Iterator[str]:
     try:
         yield make_conninfo(_server.up(home, SERVER_SETTINGS), dbname="postgres")
     finally:
-        _server.down(home)
+        _server.remove(home)  # under root its data lives outside home
         shutil.rmtree(home, ignore_errors=True)
 
 

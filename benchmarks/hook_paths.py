@@ -370,7 +370,7 @@ def main() -> None:
             recovery(url, tmp, args.outage_s)
         finally:
             if args.database_url is None:
-                reconcile.server_down(tmp / "server")
+                reconcile.server_remove(tmp / "server")  # under root, data lives elsewhere
 
 
 if __name__ == "__main__":

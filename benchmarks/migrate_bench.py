@@ -179,7 +179,7 @@ def main() -> None:
             }
         finally:
             if args.database_url is None:
-                _server.down(Path(tmp) / "server")
+                _server.remove(Path(tmp) / "server")  # under root, data lives elsewhere
     print(f"audit_events of {args.rows:,} rows, a fast and a busy writer inserting meanwhile")
     columns = list(results["shipped"])
     print(f"{'':10}" + "".join(f"{c:>18}" for c in columns))

@@ -85,7 +85,7 @@ def main() -> None:
             run(prepare(admin), home, args.misses)
         finally:
             if args.database_url is None:
-                _server.down(home / "server")
+                _server.remove(home / "server")  # under root, data lives elsewhere
 
 
 def run(url: str, home: Path, misses: int) -> None:

@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="(migrate) the database is this tool's own: create the orchestrator's tables",
     )
     p.add_argument("--json", action="store_true")
+    p.add_argument("--show-password", action="store_true", help="(url) the password itself")
 
     p = command(
         "install-hooks", _install.run, "add the hook to Claude Code's settings.json", home=False

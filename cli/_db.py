@@ -103,8 +103,11 @@ def _describe_server(server: reconcile.ServerStatus) -> str:
 
 
 def _url(args: Any, settings: reconcile.Settings) -> int:
-    # The embedded URL carries no password; a configured one is shown redacted.
-    url = reconcile.redact_url(settings.database_url) or reconcile.server_url(settings.home)
+    # The embedded URL names its password file, not the password (unless asked); a
+    # configured one is shown redacted.
+    url = reconcile.redact_url(settings.database_url) or reconcile.server_url(
+        settings.home, show_password=args.show_password
+    )
     if url is None:
         raise reconcile.DatabaseUnavailableError(
             "the embedded server is not running; run: reconcile db up"

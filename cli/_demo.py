@@ -88,8 +88,10 @@ def run(args: Any, settings: reconcile.Settings) -> int:
         journal.compact(home, max_entries=demo.max_entries, wait=True)
         report = _report(demo, agents, live, runs, statements, connections)
     finally:
-        reconcile.server_down(home)
-        if not keep:
+        if keep:
+            reconcile.server_down(home)
+        else:  # under root the server's data lives outside home: remove deletes both
+            reconcile.server_remove(home)
             shutil.rmtree(home, ignore_errors=True)
     report.update(
         agents=args.agents,

