@@ -66,11 +66,11 @@ def refusal(path: StrPath, st: os.stat_result) -> str | None:
 
 
 def path_refusal(path: StrPath) -> str | None:
-    """Why ``path`` may not be trusted, or None (also when it does not exist: we create
-    what is missing, ours). One ``lstat``; never raises."""
+    """Why ``path`` may not be trusted, or None (also when it does not exist: there is
+    nothing to read, and we create what is missing, ours). One ``lstat``; never raises."""
     try:
         st = os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:  # unreadable is not absent: not ours to trust either
         return f"{path} cannot be checked ({exc.strerror}): fix its permissions"
@@ -98,14 +98,16 @@ def check_home(home: StrPath) -> None:
     """
     try:
         st = os.lstat(home)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return
     except OSError as exc:
         raise UntrustedPathError(f"{home} cannot be checked ({exc.strerror})") from None
     _raise_if(refusal(home, st))
     if not stat.S_ISDIR(st.st_mode):
         raise UntrustedPathError(f"{home} is not a directory: move it away or set RECONCILE_HOME")
-    stack = [os.fspath(home)]
+    top = os.fspath(home)
+    skipped = {os.path.join(top, path) for path in (*_SERVER_OWNED, _SERVER_LOG)}
+    stack = [top]
     while stack:
         directory = stack.pop()
         try:
@@ -113,8 +115,7 @@ def check_home(home: StrPath) -> None:
         except OSError as exc:
             raise UntrustedPathError(f"{directory} cannot be listed ({exc.strerror})") from None
         for entry in entries:
-            relative = os.path.relpath(entry.path, home)
-            if relative in _SERVER_OWNED or relative == _SERVER_LOG:
+            if entry.path in skipped:
                 continue
             try:
                 child = entry.stat(follow_symlinks=False)
