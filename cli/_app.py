@@ -174,10 +174,12 @@ def run(argv: list[str]) -> int:
 
 
 def _check_home(home: Path) -> None:
-    """Refuse a state directory that reads as empty because it cannot be read at all."""
+    """Refuse a state directory that reads as empty because it cannot be read at all, or
+    that is not ours alone, anywhere inside (docs/operations.md)."""
     problem = _probe.home_problem(home)
     if problem is not None:
         raise journal.UnsafePathError(f"{problem[0]}: {problem[1]}")
+    journal.check_home(home)
 
 
 def _quiet_stdout() -> None:

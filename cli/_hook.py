@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
-from reconcile import HIT, MAX_PAYLOAD, handle
+from reconcile import HIT, MAX_PAYLOAD, UNTRUSTED_HOME, handle
 
 _TRUE = ("1", "true", "yes", "on")
 _QUIET = (HIT, "missing_identity")  # outcomes not worth a log line: the usual ones,
@@ -34,6 +34,8 @@ def run(env: dict[str, str] | None = None, argv: list[str] | None = None) -> int
         # did not spawn, on every event, should cost nothing); the rest is logged.
         if outcome in _QUIET or outcome.endswith(_QUIET_ENDINGS):
             pass
+        elif outcome == UNTRUSTED_HOME:  # not ours alone: nothing was read or written
+            _log(env, "warning", "hook.refused", reason=_refusal(env))
         elif ":" not in outcome:  # input it could not use
             _log(env, "info", "hook.skipped", reason=outcome)
         else:  # observed, but no reconciler could be started: the next hook tries again
@@ -55,12 +57,23 @@ def _read_stdin() -> bytes | None:
     return None if len(raw) > MAX_PAYLOAD else raw
 
 
+def _refusal(env: dict[str, str]) -> str | None:
+    from journal import home_refusal
+    from reconcile import default_home
+
+    return home_refusal(default_home(env))
+
+
 def _log(env: dict[str, str], level: str, event: str, **fields: object) -> None:
     import contextlib
 
     with contextlib.suppress(BaseException):  # nowhere left to report to; still exit 0
+        from journal import path_refusal
         from reconcile import ConfigError, Settings, configure_logging, default_home, get_logger
 
+        home = default_home(env)
+        if path_refusal(home) or path_refusal(os.path.join(home, "log")):
+            return  # only into a log directory that is ours, in a state directory of ours
         try:
             settings = Settings.from_env(env)
         except ConfigError:  # a malformed variable: log under the home alone

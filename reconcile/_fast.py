@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from journal import event_time_us, latest, parse_json
+from journal import event_time_us, home_refusal, latest, parse_json
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -55,6 +55,7 @@ UNSETTLED = (OBSERVED, PENDING)
 HIT = "hit"  # settled, or known to have no executor: nothing to do
 WAITING = "waiting"  # this very session id is observed, not yet settled: write nothing
 MISS = "miss"  # observe it: append session.observed and make sure a reconciler runs
+UNTRUSTED_HOME = "untrusted_home"  # the state directory is not ours alone: do nothing
 
 _IDENTITY_VARS = (
     ("executor_id", "EXECUTOR_ID", None),
@@ -288,7 +289,7 @@ def handle(env: Mapping[str, str], raw: bytes | None, *, sync: bool = False) -> 
     """The hook, start to finish, given its environment and stdin (None: over 1 MiB).
 
     Returns what it came to: :data:`HIT`, a reason it skipped (``missing_identity``,
-    ``invalid_session_id``, ...), or what the outbox did (see
+    ``invalid_session_id``, ..., :data:`UNTRUSTED_HOME`), or what the outbox did (see
     :func:`reconcile._outbox.settle_later`). Only the path past a hit imports more.
     """
     payload = parse_payload(raw) if raw is not None else "payload_too_large"
@@ -298,6 +299,8 @@ def handle(env: Mapping[str, str], raw: bytes | None, *, sync: bool = False) -> 
     import time
 
     home = default_home(env)
+    if home_refusal(home) is not None:  # three lstat calls (docs/operations.md)
+        return UNTRUSTED_HOME  # nothing read: a stranger's record is no hit, nor is it ours
     record = latest(home, observation.key)
     found = classify(
         record,

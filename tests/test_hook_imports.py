@@ -31,6 +31,7 @@ OURS = {
     "journal._json",
     "journal._layout",
     "journal._scan",
+    "journal._trust",
 }
 # The standard library's: os (which ``site`` would have loaded) and small C modules.
 STDLIB_ALLOWED = {
