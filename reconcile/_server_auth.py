@@ -47,16 +47,18 @@ def new_password() -> str:
     return secrets.token_urlsafe(32)
 
 
-def scram_verifier(password: str, *, salt: bytes | None = None) -> str:
+def scram_verifier(
+    password: str, *, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS
+) -> str:
     """The ``SCRAM-SHA-256$...`` secret PostgreSQL stores for ``password`` (RFC 7677), so
     the server is given the verifier, never the password."""
     salt = os.urandom(16) if salt is None else salt
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, SCRAM_ITERATIONS)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
     client_key = hmac.new(salted, b"Client Key", "sha256").digest()
     server_key = hmac.new(salted, b"Server Key", "sha256").digest()
     stored_key = hashlib.sha256(client_key).digest()
     encoded = [base64.b64encode(part).decode() for part in (salt, stored_key, server_key)]
-    return f"SCRAM-SHA-256${SCRAM_ITERATIONS}:{encoded[0]}${encoded[1]}:{encoded[2]}"
+    return f"SCRAM-SHA-256${iterations}:{encoded[0]}${encoded[1]}:{encoded[2]}"
 
 
 def alter_role_sql(password: str) -> str:
