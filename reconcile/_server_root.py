@@ -88,14 +88,22 @@ def prepare(home: Path, server: Path, user: pwd.struct_passwd) -> None:
 
 
 def _own_directory(path: Path, gid: int) -> None:
-    """``path``: root's, group ``gid``, 0710; created so, or found so (never loosened)."""
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    else:
-        os.chown(path, 0, gid)
-        os.chmod(path, 0o710)
+    """``path``: root's, group ``gid``, 0710; created so, or found so (never loosened).
+
+    Made under another name, then renamed: a racing ``up`` (of another state directory)
+    never sees it half-made. Renamed over an empty directory a racer just made, it
+    replaces its equal; over one in use, the rename fails and theirs serves."""
+    if not os.path.lexists(path):
+        temp = path.with_name(f".{path.name}.{os.getpid()}")
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(temp)  # a crashed attempt of a process that had this pid
+        os.mkdir(temp, 0o700)
+        os.chown(temp, 0, gid)
+        os.chmod(temp, 0o710)
+        try:
+            os.rename(temp, path)
+        except OSError:
+            os.rmdir(temp)
     st = os.lstat(path)
     usable = (
         stat.S_ISDIR(st.st_mode)
