@@ -18,6 +18,7 @@ from typing import Any
 
 import attrs
 
+import journal
 import reconcile
 from cli import _probe
 from cli._output import emit_json, emit_table
@@ -65,6 +66,11 @@ def _state_directory(home: Path) -> Check:
     problem = _probe.home_problem(home)
     if problem is not None:
         return Check("state directory", FAILED, problem[0], problem[1])
+    try:  # everything in it ours alone too (docs/operations.md)
+        journal.check_home(home)
+    except journal.UntrustedPathError as exc:
+        detail, _, fix = str(exc).partition(": ")  # "<path> <what>: <fix>"
+        return Check("state directory", FAILED, detail, fix or str(exc))
     if not home.exists():
         return Check("state directory", OK, f"{home} (not created yet: the first hook will)")
     return Check("state directory", OK, str(home))

@@ -267,6 +267,7 @@ def _prepare(paths: _Paths) -> pwd.struct_passwd | None:
     user = root.service_user()
     try:
         root.prepare(paths.pg.parent, paths.server, user)
+        root.collect(keep=paths.server)
     except OSError as exc:
         raise ServerError(f"cannot prepare {paths.server}: {exc}") from None
     return user

@@ -17,7 +17,10 @@ root's and 0710:
   system (about 40 ms), copies otherwise (root's, 0640/0750, group ``reconcile-pg``;
   about 0.6 s for 30 MB). Refreshed when the wheel changes, while the server is down.
 - ``data/`` and ``server.log``: ``reconcile-pg``'s, 0700 and 0600.
-- ``home``: the state directory it serves (root's, 0600), for an administrator.
+- ``home``: the state directory it serves, and that directory's device (root's, 0600).
+
+A server whose state directory is gone (deleted, as test suites and demos do with their
+temporary ones) is deleted by the next ``up`` under root (:func:`collect`).
 
 Root's own files stay in ``$RECONCILE_HOME/pg`` (0700): ``lock``, ``port``, ``passfile``.
 A state directory an older version set up (data in ``pg/data``, owned by
@@ -40,6 +43,7 @@ from reconcile._errors import ServerError
 SERVICE_USER = "reconcile-pg"
 SERVER_ROOT = Path("/var/lib/reconcile-pg")
 INSTALL = "pginstall"
+_HOME_RECORD = "home"
 _SOURCE_STAMP = "SOURCE"
 _WHEEL_PARTS = ("bin", "lib", "share")  # of pginstall/; include/ is for building only
 
@@ -80,11 +84,75 @@ def prepare(home: Path, server: Path, user: pwd.struct_passwd) -> None:
             )
     for directory in (SERVER_ROOT, server):
         _own_directory(directory, user.pw_gid)
-    record = server / "home"
-    if not record.exists():
-        fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    record = server / _HOME_RECORD
+    if not record.exists():  # which state directory, and on which file system
+        real = os.path.realpath(home)
+        temp = record.with_name(f".{_HOME_RECORD}.{os.getpid()}")
+        temp.unlink(missing_ok=True)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as out:
-            out.write(f"{Path(home).absolute()}\n")
+            out.write(f"{real}\n{os.stat(real).st_dev}\n")
+        os.replace(temp, record)
+
+
+def collect(keep: Path) -> list[Path]:
+    """Delete the servers (stopped) whose state directory is gone; return them.
+
+    Gone means seen to be gone: the file system that held it is there (the nearest
+    existing parent is on the device it was on) and the directory is not. A state
+    directory on a disk that is not mounted, one that cannot be looked at, a record that
+    cannot be read: all kept. A state directory moved elsewhere counts as gone (its
+    server's directory is named by its path: the moved one gets a new server)."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(SERVER_ROOT))
+    except OSError:
+        return removed
+    for entry in entries:
+        server = Path(entry.path)
+        if server == keep or entry.name.startswith(".") or entry.is_symlink():
+            continue
+        if _home_gone(server) and not _maybe_running(server / "data"):
+            shutil.rmtree(server, ignore_errors=True)
+            removed.append(server)
+    return removed
+
+
+def _home_gone(server: Path) -> bool:
+    try:
+        home, device = (server / _HOME_RECORD).read_text().split("\n")[:2]
+        recorded = int(device)
+        os.lstat(home)
+    except FileNotFoundError:
+        pass  # the state directory is not there: is its file system?
+    except (OSError, ValueError):
+        return False  # no record, a record of an older version, or it is there
+    else:
+        return False
+    parent = os.path.dirname(home)
+    while True:
+        try:
+            return os.stat(parent).st_dev == recorded
+        except FileNotFoundError:
+            if parent == os.path.dirname(parent):
+                return False
+            parent = os.path.dirname(parent)
+        except OSError:
+            return False
+
+
+def _maybe_running(data: Path) -> bool:
+    """Whether a postmaster may still serve ``data``: its pid file names a live process."""
+    try:
+        pid = int((data / "postmaster.pid").read_text().split("\n", 1)[0])
+        os.kill(pid, 0)
+    except FileNotFoundError:
+        return False
+    except ProcessLookupError:
+        return False
+    except (OSError, ValueError):
+        return True  # alive but not ours to signal, or unreadable: keep it
+    return True
 
 
 def _own_directory(path: Path, gid: int) -> None:

@@ -372,7 +372,7 @@ def test_a_users_own_server_admits_that_user_alone(users, python, runtime, priva
         mine = as_alice(users, python, runtime, "-c", connect, url)
         assert mine.stdout.strip() == b"postgres", mine.stderr
         status = json.loads(reconcile_as_alice("db", "status", "--json").stdout)
-        data = Path(status["embedded"]["data_dir"])
+        data = Path(status["server"]["data_dir"])
         assert data == home / "pg" / "data"  # no other user involved: the data stays home
         assert data.stat().st_uid == users.alice.pw_uid
         outcomes = probe(users.bob, python, *stranger_attempts(port, users.bob))
@@ -446,6 +446,45 @@ def test_an_older_versions_root_layout_is_moved_and_secured(users, python, priva
         assert conn.execute("SELECT v FROM kept").fetchone() == ("from before",)
 
 
+@needs_root
+def test_roots_server_goes_with_its_state_directory_and_only_when_seen_gone(private_dir):
+    """Under root the server lives outside the state directory. Deleting the directory
+    (as tests and demos do) gets its server deleted by the next up; one on a file system
+    that is not mounted, or one whose server still runs, is kept."""
+
+    def server_of(home: Path) -> Path:
+        return Path(_server.status(home).data_dir).parent
+
+    deleted = private_dir / "deleted" / "state"
+    _server.up(deleted)
+    _server.down(deleted)
+    shutil.rmtree(deleted.parent)
+
+    mount = private_dir / "mount"
+    mount.mkdir()
+    options = ["-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount)]
+    subprocess.run(["mount", *options], check=True, capture_output=True)
+    unmounted = mount / "state"
+    try:
+        _server.up(unmounted)
+        _server.down(unmounted)
+    finally:
+        subprocess.run(["umount", str(mount)], check=True, capture_output=True)
+
+    running = private_dir / "running" / "state"
+    _server.up(running)
+    servers = {home: server_of(home) for home in (deleted, unmounted, running)}
+    shutil.rmtree(running.parent)  # while its server runs
+    try:
+        _server.up(private_dir / "next")
+        assert not servers[deleted].exists()
+        assert servers[unmounted].is_dir() and servers[running].is_dir()
+    finally:
+        _server.remove(running)  # stops it, then deletes both
+        shutil.rmtree(servers[unmounted], ignore_errors=True)
+    assert not servers[running].exists()
+
+
 # -- the state directory ---------------------------------------------------------------
 
 
@@ -465,6 +504,13 @@ def planted_journal(key: str, session_id: str) -> bytes:
         data = {"executor_id": key.split(":", 1)[1], "session_id": session_id}
         writer.append(key, data, type="session.confirmed")
         return Path(writer.path or "").read_bytes()
+
+
+def record(home: Path, key: str) -> None:
+    """One settled record for ``key`` in ``home``'s journals, as a hook's miss leaves it."""
+    with journal.Writer(home) as writer:
+        data = {"executor_id": key.split(":", 1)[1], "session_id": "s-1"}
+        writer.append(key, data, type="session.confirmed")
 
 
 def listing(base: Path) -> dict[str, tuple[int, int]]:
@@ -525,7 +571,7 @@ def test_every_command_refuses_a_state_directory_another_user_made(foreign_home,
 @needs_root
 def test_commands_refuse_what_others_can_write_or_own(users, private_dir):
     home = private_dir / "state"
-    assert reconcile_cli(home, "forget", "executor:e-9").returncode == 0
+    record(home, "executor:e-9")
     assert reconcile_cli(home, "compact").returncode == 0
 
     def refused_because(path: Path, *words: str) -> None:
@@ -538,13 +584,17 @@ def test_commands_refuse_what_others_can_write_or_own(users, private_dir):
     for path, mode in ((home, 0o770), (home / "journal", 0o777), (home / "snapshot", 0o622)):
         original = path.stat().st_mode
         os.chmod(path, mode)
-        refused_because(path, "writable by group or others", f"chmod go-w {path}")
+        fix = f"chmod 700 {path}" if path == home else f"chmod go-w {path}"
+        refused_because(path, "writable by group or others", fix)
         os.chmod(path, original)
         assert reconcile_cli(home, "status").returncode == 0
 
     archived = next((home / "archive").iterdir())
     os.chown(archived, users.bob.pw_uid, users.bob.pw_gid)
     refused_because(archived, f"belongs to {users.bob.pw_name}", "remove it")
+    doctor = json.loads(reconcile_cli(home, "doctor", "--json").stdout)
+    [check] = [c for c in doctor["checks"] if c["name"] == "state directory"]
+    assert check["status"] == "FAILED" and str(archived) in check["detail"], check
     os.chown(archived, 0, 0)
     (home / "journal" / "link.jnl").symlink_to("/etc/passwd")
     refused_because(home / "journal" / "link.jnl", "symlink")
@@ -553,9 +603,9 @@ def test_commands_refuse_what_others_can_write_or_own(users, private_dir):
 @needs_root
 def test_a_stranger_cannot_read_plant_or_delete_records(users, python, private_dir):
     home = private_dir / "state"
-    assert reconcile_cli(home, "forget", "executor:e-9").returncode == 0
+    record(home, "executor:e-9")
     assert reconcile_cli(home, "compact").returncode == 0
-    assert reconcile_cli(home, "forget", "executor:e-8").returncode == 0
+    record(home, "executor:e-8")
     live = next((home / "journal").glob("*.jnl"))
     before = listing(home)
     attempts = {
@@ -574,7 +624,7 @@ def test_a_stranger_cannot_read_plant_or_delete_records(users, python, private_d
 
 @pytest.fixture
 def executor_db(database_url: str, tmp_path: Path) -> str:
-    done = reconcile_cli(tmp_path / "migrate", "db", "migrate", url=database_url)
+    done = reconcile_cli(tmp_path / "migrate", "db", "migrate", "--create-tables", url=database_url)
     assert done.returncode == 0, done.stderr
     seed(database_url, [], [("e-1", None, "s-old", "running")])
     return database_url

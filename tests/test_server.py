@@ -256,12 +256,12 @@ def test_reconcile_db_commands(home):
         command = [*reconcile_command(), "--home", str(home), "db", *args]
         return subprocess.run(command, capture_output=True, env=clean_env(), timeout=120)
 
-    assert json.loads(db("status", "--json").stdout)["embedded"]["initialized"] is False
+    assert json.loads(db("status", "--json").stdout)["server"]["initialized"] is False
     up = db("up", "--json")
     assert up.returncode == 0, up.stderr
     url = json.loads(up.stdout)["url"]
     assert db("url").stdout.decode().strip() == url
-    assert json.loads(db("status", "--json").stdout)["embedded"]["running"] is True
+    assert json.loads(db("status", "--json").stdout)["server"]["running"] is True
     secret = password_of(home)
     assert secret not in db("url").stdout.decode()  # a path to the password, not it
     shown = db("url", "--show-password")
