@@ -36,6 +36,7 @@ import reconcile
 from reconcile import Decision, Settings
 
 POOL_SIZE = 4
+_SERVER_AUTH = ("passfile", "require_auth")  # how the suite's server is logged in to
 CLIENTS = 64
 
 
@@ -52,12 +53,24 @@ def _binary() -> str:
     return found
 
 
+def _from_passfile(server: dict[str, Any]) -> str | None:
+    """The password libpq would read for ``server`` from its ``passfile`` (the embedded
+    server's URL names one: docs/operations.md), for PgBouncer to log in with."""
+    if not server.get("passfile"):
+        return None
+    for line in Path(server["passfile"]).read_text().splitlines():
+        _, port, _, user, password = line.split(":", 4)
+        if user in ("*", server.get("user")) and port in ("*", str(server.get("port"))):
+            return password
+    return None
+
+
 @pytest.fixture(scope="module")
 def bouncer(admin_url: str) -> Iterator[dict[str, Any]]:
     """A running PgBouncer in front of the suite's server; yields what URLs need."""
     server = conninfo_to_dict(admin_url)
     user = str(server.get("user") or pwd.getpwuid(os.getuid()).pw_name)
-    password = str(server.get("password") or secrets.token_hex(16))
+    password = str(server.get("password") or _from_passfile(server) or secrets.token_hex(16))
     port = _free_port()
     directory = Path(tempfile.mkdtemp(prefix="reconcile-test-pgbouncer-"))
     (directory / "userlist.txt").write_text(f'"{user}" "{password}"\n')
@@ -115,8 +128,10 @@ def direct(database_url: str, tmp_path: Path) -> str:
 
 @pytest.fixture
 def pooled(direct: str, bouncer: dict[str, Any]) -> str:
-    """The same database through PgBouncer."""
-    return make_conninfo(direct, **bouncer)
+    """The same database through PgBouncer (with its password: not the embedded server's
+    password file, nor its demand of SCRAM, which PgBouncer answers with md5)."""
+    kept = {k: v for k, v in conninfo_to_dict(direct).items() if k not in _SERVER_AUTH}
+    return make_conninfo(**{**kept, **bouncer})
 
 
 def run_cli(*args: str, url: str, home: Path) -> subprocess.CompletedProcess[bytes]:
