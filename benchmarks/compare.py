@@ -14,6 +14,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections import OrderedDict
 from pathlib import Path
@@ -26,8 +27,7 @@ import journal
 from benchmarks._harness import interleaved, machine, percentile, run_child
 from journal._codec import Clock, encode
 from journal._fold import apply, trim
-from reconcile import migrate
-from reconcile._store import database_activity
+from reconcile import database_activity, migrate
 
 __all__ = [
     "COMPACT_THRESHOLD",
@@ -150,6 +150,33 @@ class StatementCounter:
         return int(row[0]) if row else 0, sessions
 
 
+def settled(home: Path, deadline_s: float = 300.0) -> None:
+    """Wait until the new design's background reconciler has settled every observation
+    of ``home`` and exited (the hook itself never waits on the database)."""
+    import fcntl
+
+    import reconcile
+
+    give_up = time.monotonic() + deadline_s
+    while time.monotonic() < give_up:
+        busy = False
+        try:
+            fd = os.open(home / "reconcile.lock", os.O_RDONLY)
+        except FileNotFoundError:
+            pass
+        else:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                busy = True
+            finally:
+                os.close(fd)
+        if not busy and not reconcile.unsettled(str(home)):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"observations in {home} still unsettled after {deadline_s} s")
+
+
 def lost_entries(bench: Bench, sizes: list[int]) -> list[dict[str, Any]]:
     """N forks started at once, each reconciling its own executor: entries each cache
     kept, and the database rows each design left right."""
@@ -166,7 +193,8 @@ def lost_entries(bench: Bench, sizes: list[int]) -> list[dict[str, Any]]:
                 raise RuntimeError(f"a {design} hook failed")
             if design == "old":
                 kept = len(json.loads((home / "cache.json").read_text()))
-            else:  # after any background compaction the hooks started themselves
+            else:  # settled, and after any background compaction the hooks started
+                settled(home)
                 journal.compact(home, wait=True)
                 kept = len(journal.load(home))
             with psycopg.connect(url) as conn:
@@ -189,6 +217,8 @@ def hit_latency(bench: Bench, runs: int) -> dict[str, list[float]]:
     env = bench.env(url, home, 0)
     for design in DESIGNS:
         bench.run(design, env, "s-1")  # the misses that fill both caches
+    settled(home)
+    recorded = sum(1 for _ in journal.history(home))  # the observation and its outcome
     baseline = [sys.executable, "-c", "pass"]
     calls = {
         "python -c pass": lambda: subprocess.run(baseline, env=env, check=True),
@@ -196,7 +226,7 @@ def hit_latency(bench: Bench, runs: int) -> dict[str, list[float]]:
         "old hook (hit)": lambda: bench.run("old", env, "s-1"),
     }
     samples = interleaved(calls, runs)
-    if sum(1 for _ in journal.history(home)) != 1:
+    if sum(1 for _ in journal.history(home)) != recorded:
         raise RuntimeError("a new-hook fork that should have hit missed")
     return {name: [s * 1000 for s in values] for name, values in samples.items()}
 
@@ -214,6 +244,8 @@ def round_trips(bench: Bench, forks: int) -> list[dict[str, Any]]:
         start = bench.counter.read(name)
         for i in range(forks):
             bench.run(design, env, f"rotated-{i}")  # a new session id each time: misses
+        if design == "new":
+            settled(home)
         misses = bench.counter.read(name)
         for _ in range(forks):
             bench.run(design, env, f"rotated-{forks - 1}")  # the same one again: hits
@@ -254,6 +286,7 @@ def bytes_per_miss(bench: Bench, sizes: list[int]) -> list[dict[str, Any]]:
         old = (home / "cache.json").stat().st_size
         log_before = _size(home / "log")
         bench.run("new", env, session)
+        settled(home)  # the observation, and the reconciler's outcome
         appended = _size(home / "journal")
         log = _size(home / "log") - log_before
         journal.compact(home)  # the snapshot the next compaction writes

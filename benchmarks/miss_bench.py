@@ -24,9 +24,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 import journal
-from reconcile import Settings, configure_logging, migrate, settle
-from reconcile._fast import observe
-from reconcile._store import database_activity
+from reconcile import Settings, configure_logging, database_activity, migrate, observe, settle
 
 DATABASE = "reconcile_miss_bench"
 
