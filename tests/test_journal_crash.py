@@ -1,5 +1,5 @@
-"""Real SIGKILLs at random instants, to writers and to the compactor (DESIGN §7: a crash
-at any instant leaves a state from which the next run loses nothing).
+"""Real SIGKILLs at random instants, to writers and to the compactor (docs/architecture.md,
+"The compactor": a crash at any instant leaves a state from which the next run loses nothing).
 
 Each trial takes milliseconds: a forked child appends and reports every event id its
 append returned on a pipe, or compacts, and is killed after a random short delay, or

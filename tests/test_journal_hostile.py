@@ -1,6 +1,6 @@
 """Hostile content in the state directory: nothing raises, intact records survive, every
 skipped line or file is counted by reason, and corrupt lines of finished journals are
-quarantined with their origin (DESIGN §4, §7)."""
+quarantined with their origin (docs/formats.md, "Skipped lines")."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """Properties of the fold and of the codec (hypothesis), pure and end to end on real files.
 
-The fold's contract (DESIGN §5): idempotent, and independent of the order in which files
-are read and of how records are split across journals. The codec's: what is encoded
-decodes to the same record, and no byte string makes a reader raise.
+The fold's contract (docs/architecture.md, "Records and the fold"): idempotent, and
+independent of the order in which files are read and of how records are split across
+journals. The codec's: what is encoded decodes to the same record, and no byte string
+makes a reader raise.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The Writer's rules (DESIGN §3, §4, §7): one journal per process created on first append,
-0600 files in 0700 directories, unique names, refused records, live journals and the
-compaction lock. The conformance class runs with fsync on and off."""
+"""The Writer's rules (docs/formats.md, docs/architecture.md): one journal per process
+created on first append, 0600 files in 0700 directories, unique names, refused records,
+live journals and the compaction lock. The conformance class runs with fsync on and off."""
 
 from __future__ import annotations
 
