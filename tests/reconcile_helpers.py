@@ -143,3 +143,30 @@ def audit_rows(url: str, executor: str | None = None) -> list[tuple]:
 def session_of(url: str, executor: str) -> str | None:
     rows = query(url, "SELECT claude_session_id FROM executors WHERE id = %s", (executor,))
     return rows[0][0]
+
+
+def cli(*args: str, home: Path, url: str | None = None, stdin: bytes = b"", **env: str):
+    """Run ``reconcile ARGS`` as a user would, in ``home`` (and against ``url``)."""
+    environment = clean_env(RECONCILE_HOME=str(home), **env)
+    if url is not None:
+        environment["RECONCILE_DATABASE_URL"] = url
+    return subprocess.run(
+        [*reconcile_command(), *args],
+        input=stdin,
+        capture_output=True,
+        env=environment,
+        timeout=300,
+    )
+
+
+def command_line_database(database_url: str, scratch: Path) -> str:
+    """``database_url`` migrated by the command line, with two executors: e-1 running
+    (agent alice of team core, session s-old), e-2 finished (anchor)."""
+    done = cli("db", "migrate", "--create-tables", home=scratch / "migrate", url=database_url)
+    assert done.returncode == 0, done.stderr
+    seed(
+        database_url,
+        [("a-1", "alice", "core", "e-1")],
+        [("e-1", "a-1", "s-old", "running"), ("e-2", None, "anchor", "done")],
+    )
+    return database_url

@@ -15,6 +15,8 @@ import pytest
 from reconcile_helpers import (
     audit_rows,
     clean_env,
+    cli,
+    command_line_database,
     query,
     reconcile_command,
     run_hook,
@@ -27,29 +29,9 @@ from reconcile_helpers import (
 import journal
 
 
-def cli(*args: str, home: Path, url: str | None = None, stdin: bytes = b"", **env: str):
-    environment = clean_env(RECONCILE_HOME=str(home), **env)
-    if url is not None:
-        environment["RECONCILE_DATABASE_URL"] = url
-    return subprocess.run(
-        [*reconcile_command(), *args],
-        input=stdin,
-        capture_output=True,
-        env=environment,
-        timeout=120,
-    )
-
-
 @pytest.fixture
 def db(database_url: str, tmp_path: Path) -> str:
-    done = cli("db", "migrate", "--create-tables", home=tmp_path / "migrate", url=database_url)
-    assert done.returncode == 0, done.stderr
-    seed(
-        database_url,
-        [("a-1", "alice", "core", "e-1")],
-        [("e-1", "a-1", "s-old", "running"), ("e-2", None, "anchor", "done")],
-    )
-    return database_url
+    return command_line_database(database_url, tmp_path)
 
 
 @pytest.fixture

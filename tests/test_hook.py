@@ -14,6 +14,8 @@ import pytest
 from reconcile_helpers import (
     audit_rows,
     clean_env,
+    cli,
+    command_line_database,
     reconcile_command,
     seed,
     session_of,
@@ -24,29 +26,9 @@ from reconcile_helpers import (
 import journal
 
 
-def cli(*args: str, home: Path, url: str | None = None, stdin: bytes = b"", **env: str):
-    environment = clean_env(RECONCILE_HOME=str(home), **env)
-    if url is not None:
-        environment["RECONCILE_DATABASE_URL"] = url
-    return subprocess.run(
-        [*reconcile_command(), *args],
-        input=stdin,
-        capture_output=True,
-        env=environment,
-        timeout=300,
-    )
-
-
 @pytest.fixture
 def db(database_url: str, tmp_path: Path) -> str:
-    done = cli("db", "migrate", "--create-tables", home=tmp_path / "migrate", url=database_url)
-    assert done.returncode == 0, done.stderr
-    seed(
-        database_url,
-        [("a-1", "alice", "core", "e-1")],
-        [("e-1", "a-1", "s-old", "running"), ("e-2", None, "anchor", "done")],
-    )
-    return database_url
+    return command_line_database(database_url, tmp_path)
 
 
 @pytest.fixture
