@@ -406,32 +406,49 @@ def _await_exit(paths: _Paths, timeout: float = 10) -> None:
         time.sleep(0.01)
 
 
-def _clear_stale_pidfile(paths: _Paths) -> None:
+def _clear_stale_pidfile(paths: _Paths, timeout: float = 120) -> None:
     """Remove a killed server's ``postmaster.pid`` whose pid now names a live process
     that is not a postmaster of ours (a zombie, a reused pid): PostgreSQL would refuse to
     start over it. A dead pid is left to PostgreSQL, which handles it itself. The file
     also names the old shared memory segment, PostgreSQL's guard against old server
-    processes still at work; that guard is kept: while any is attached, nothing is
-    removed and starting fails."""
+    processes still at work; that guard is kept. A killed postmaster's children notice
+    its death and exit on their own, later the busier the machine: their segment is
+    waited for (up to ``timeout``), and if one still holds it then, nothing is removed
+    and starting fails, saying why."""
     pidfile = paths.data / "postmaster.pid"
     try:
         lines = pidfile.read_text().split("\n")
-        os.kill(int(lines[0]), 0)
-    except (ProcessLookupError, FileNotFoundError, ValueError, IndexError):
+    except (FileNotFoundError, ValueError):
         return
+    named = lines[6].split() if len(lines) > 6 else []
+    attached: bool | None = False
+    if len(named) == 2:
+        deadline = time.monotonic() + timeout
+        while (attached := _segment_attached(named[1])) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    try:
+        os.kill(int(lines[0]), 0)
+    except (ProcessLookupError, ValueError, IndexError):
+        return  # a dead pid: PostgreSQL handles the file itself
     except PermissionError:
         pass  # alive, someone else's
-    named = lines[6].split() if len(lines) > 6 else []
-    if len(named) == 2:
-        try:
-            table = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
-        except OSError:
-            return  # no way to check the guard: leave the decision to PostgreSQL
-        for row in table:
-            fields = row.split()
-            if len(fields) > 6 and fields[1] == named[1] and fields[6] != "0":
-                return  # still attached: PostgreSQL will refuse and say so
+    if attached is None or attached:
+        return  # no way to check the guard, or still held: PostgreSQL refuses, saying why
     pidfile.unlink(missing_ok=True)
+
+
+def _segment_attached(shmid: str) -> bool | None:
+    """Whether any process is attached to the System V segment ``shmid``; None if that
+    cannot be known (no procfs)."""
+    try:
+        table = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+    except OSError:
+        return None
+    for row in table:
+        fields = row.split()
+        if len(fields) > 6 and fields[1] == shmid and fields[6] != "0":
+            return True
+    return False
 
 
 def _programs(paths: _Paths, user: pwd.struct_passwd | None, *, refresh: bool = False) -> Path:
