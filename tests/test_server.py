@@ -242,6 +242,9 @@ def test_a_taken_port_says_what_to_do(home):
     _server.down(home)
     port = port_of(url)
     with socket.socket() as squatter:
+        # As any server would: the stopped server's closed connections may linger in
+        # TIME_WAIT on this port, longer on a busy machine, and must not stop the bind.
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
         with pytest.raises(ServerError, match=f"port {port} .* taken.* delete .*port"):
