@@ -246,8 +246,14 @@ def test_a_bad_old_pending_record_does_not_block_the_rest(tmp_path: Path, db: st
 def test_no_identity_the_database_knows_is_asked_once_per_ttl(tmp_path: Path, db: str):
     home = tmp_path / "home"
     before = connections(db)
-    for _ in range(5):
-        run_hook(home, db, {"session_id": "s"}, RECONCILE_AGENT_ID="nobody")
+    for _ in range(5):  # a TTL no loaded machine outlasts (the default 60 s could be)
+        run_hook(
+            home,
+            db,
+            {"session_id": "s"},
+            RECONCILE_AGENT_ID="nobody",
+            RECONCILE_NEGATIVE_TTL="3600",
+        )
         wait_settled(home)
     assert connections(db) - before == 1
     assert [r.type for r in lines(home)] == ["session.observed", "session.unresolved"]
