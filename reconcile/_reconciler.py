@@ -2,7 +2,7 @@
 
 One per state directory at a time, by ``reconcile.lock``. It settles every observation
 that is still the latest record of its key (``session.observed``, or ``session.pending``
-from 0.1), in event order, over **one** connection, each in the one-statement transaction
+from 0.1), in event order, over **one** connection, each in the one-round-trip transaction
 of :func:`reconcile._store.decide`, and journals the outcome whose event id is the audit
 row's. Then it releases the lock and looks once more: an observation appended while it
 held the lock was not followed by a new reconciler (its hook saw the lock taken), so it
