@@ -9,8 +9,6 @@ Exports are loaded lazily so that the hit path (:func:`latest`) imports no third
 module: ``import journal`` costs nothing until a name is used.
 """
 
-from __future__ import annotations
-
 import sys
 
 TYPE_CHECKING = False  # not from typing: importing it costs the hit path milliseconds
@@ -67,14 +65,14 @@ _WHERE = {
     "UnsafePathError": "_errors",
     "UntrustedPathError": "_trust",
     "check_home": "_trust",
-    "home_refusal": "_trust",
-    "path_refusal": "_trust",
+    "home_refusal": "_hit",
+    "path_refusal": "_hit",
     "Writer": "_writer",
-    "event_time_us": "_codec",
-    "parse_json": "_json",
+    "event_time_us": "_hit",
+    "parse_json": "_hit",
     "dump_json": "_json",
     "FILE_MODE": "_layout",
-    "LOG_DIR": "_layout",
+    "LOG_DIR": "_hit",
     "ensure_dir": "_layout",
     "ensure_home": "_layout",
     "write_atomically": "_layout",
@@ -103,7 +101,6 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from journal._codec import event_time_us
     from journal._compact import Retention, compact
     from journal._errors import (
         CompactionIncompleteError,
@@ -114,11 +111,11 @@ if TYPE_CHECKING:
         UnsafePathError,
     )
     from journal._fold import fold
-    from journal._hit import latest
+    from journal._hit import LOG_DIR, event_time_us, home_refusal, latest, parse_json, path_refusal
     from journal._inventory import Inventory, inventory
-    from journal._json import dump_json, parse_json
-    from journal._layout import FILE_MODE, LOG_DIR, ensure_dir, ensure_home, write_atomically
+    from journal._json import dump_json
+    from journal._layout import FILE_MODE, ensure_dir, ensure_home, write_atomically
     from journal._model import CompactionReport, Record, Skips, State
     from journal._read import History, history, load
-    from journal._trust import UntrustedPathError, check_home, home_refusal, path_refusal
+    from journal._trust import UntrustedPathError, check_home
     from journal._writer import Writer, new_event_id

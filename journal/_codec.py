@@ -1,4 +1,4 @@
-"""The record line format, version 1 (documented in docs/formats.md).
+"""The record line format, version 1 (documented in docs/formats.md): writing it.
 
 A line is one JSON object, ASCII only, terminated by ``\\n``::
 
@@ -8,9 +8,9 @@ A line is one JSON object, ASCII only, terminated by ``\\n``::
 verifies a line by slicing, without re-serialising anything. ``data`` is a JSON object, or
 ``null`` for a tombstone. The whole line, newline included, is at most ``MAX_LINE`` bytes.
 
-This module is on the hook's hit path: decoding imports only ``os``, ``time``, ``zlib``
-and the C JSON scanner and encoder (:mod:`journal._json`), and works on plain dicts (raw
-records); :class:`journal.Record` wraps them later.
+Reading a line (:func:`decode`) is on the hook's hit path, so it lives in
+:mod:`journal._hit` with the format's constants; this module writes lines and issues the
+event ids they carry.
 """
 
 from __future__ import annotations
@@ -20,35 +20,22 @@ import time
 import zlib
 
 from journal._errors import InvalidRecordError, RecordTooLargeError
-from journal._json import dump_json, parse_json
+from journal._hit import (
+    HEX_DIGITS,
+    LINE_MIDDLE,
+    LINE_PREFIX,
+    MAX_KEY,
+    MAX_LINE,
+    MAX_TYPE,
+    VERSION,
+    event_time_us,
+    printable,
+)
+from journal._json import dump_json
 
-TYPE_CHECKING = False  # typing costs milliseconds on the hit path; checkers see True
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
-
-VERSION = 1
-MAX_LINE = 4096  # PIPE_BUF on Linux: one write() of at most this many bytes is atomic.
-MAX_KEY = 512
-MAX_TYPE = 64
-
-_PREFIX = b'{"crc":"'
-_MIDDLE = b'","rec":'
-_BODY_START = len(_PREFIX) + 8 + len(_MIDDLE)
-_HEX = frozenset(b"0123456789abcdef")
-_FIELDS = ("v", "id", "ts", "pid", "type", "key", "data")
-
-# Reasons a line is skipped; the reader counts each one.
-CHECKSUM = "checksum"
-JSON = "json"
-VERSION_REASON = "version"
-TORN = "torn"
-OVERSIZE = "oversize"
-NOT_A_FILE = "not-a-file"
-REASONS = (CHECKSUM, JSON, VERSION_REASON, TORN, OVERSIZE, NOT_A_FILE)
-
-
-def _printable(value: str) -> bool:
-    return value.isascii() and value.isprintable()
 
 
 def encode(*, event_id: str, pid: int, type: str, key: str, data: Any) -> bytes:
@@ -57,7 +44,7 @@ def encode(*, event_id: str, pid: int, type: str, key: str, data: Any) -> bytes:
         raise InvalidRecordError("record key must be a non-empty string")
     if len(key) > MAX_KEY:
         raise InvalidRecordError(f"record key is {len(key)} characters; the limit is {MAX_KEY}")
-    if not isinstance(type, str) or not type or len(type) > MAX_TYPE or not _printable(type):
+    if not isinstance(type, str) or not type or len(type) > MAX_TYPE or not printable(type):
         raise InvalidRecordError(
             f"record type must be 1-{MAX_TYPE} printable ASCII characters, got {type!r:.80}"
         )
@@ -77,62 +64,13 @@ def encode(*, event_id: str, pid: int, type: str, key: str, data: Any) -> bytes:
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidRecordError(f"record data is not JSON-serialisable: {exc}") from None
     raw = text.encode("ascii")
-    line = b"%s%08x%s%s}\n" % (_PREFIX, zlib.crc32(raw), _MIDDLE, raw)
+    line = b"%s%08x%s%s}\n" % (LINE_PREFIX, zlib.crc32(raw), LINE_MIDDLE, raw)
     if len(line) > MAX_LINE:
         raise RecordTooLargeError(
             f"record is {len(line)} bytes encoded; the limit is {MAX_LINE} "
             "(one atomic append): store less data per event"
         )
     return line
-
-
-def decode(line: bytes) -> tuple[dict[str, Any] | None, str | None]:
-    """Decode one line without its newline: ``(record, None)`` or ``(None, reason)``.
-
-    Never raises, whatever the bytes.
-    """
-    if (
-        len(line) <= _BODY_START + 1
-        or not line.startswith(_PREFIX)
-        or line[_BODY_START - len(_MIDDLE) : _BODY_START] != _MIDDLE
-        or not line.endswith(b"}")
-    ):
-        return None, JSON
-    crc = line[len(_PREFIX) : len(_PREFIX) + 8]
-    if not _HEX.issuperset(crc):
-        return None, CHECKSUM
-    raw = line[_BODY_START:-1]
-    if zlib.crc32(raw) != int(crc, 16):
-        return None, CHECKSUM
-    try:
-        record = parse_json(raw)
-    except ValueError:  # also UnicodeDecodeError and RecursionError's cousin ValueError
-        return None, JSON
-    except RecursionError:
-        return None, JSON
-    if not isinstance(record, dict):
-        return None, JSON
-    version = record.get("v")
-    if type(version) is not int or version != VERSION:  # not True, not 1.0
-        return None, VERSION_REASON
-    if not _well_formed(record):
-        return None, JSON
-    return record, None
-
-
-def _well_formed(record: dict[str, Any]) -> bool:
-    return (
-        len(record) == len(_FIELDS)
-        and isinstance(record.get("id"), str)
-        and isinstance(record.get("ts"), str)
-        and type(record.get("pid")) is int
-        and isinstance(record.get("type"), str)
-        and 0 < len(record["type"]) <= MAX_TYPE
-        and _printable(record["type"])
-        and isinstance(record.get("key"), str)
-        and 0 < len(record["key"]) <= MAX_KEY
-        and (record.get("data") is None or isinstance(record["data"], dict))
-    )
 
 
 def order(record: dict[str, Any]) -> tuple[str, str]:
@@ -186,17 +124,10 @@ def is_event_id(value: object) -> bool:
     return (
         len(h) == 32
         and all(value[i] == "-" for i in (8, 13, 18, 23))
-        and _HEX.issuperset(h.encode("ascii", "replace"))
+        and HEX_DIGITS.issuperset(h.encode("ascii", "replace"))
         and h[12] == "7"
         and h[16] in "89ab"
     )
-
-
-def event_time_us(event_id: str) -> int:
-    """The Unix time, in microseconds, encoded in an event id."""
-    value = int(event_id.replace("-", ""), 16)
-    rand_a = (value >> 64) & 0xFFF
-    return (value >> 80) * 1000 + -(-rand_a * 1000 // 4096)
 
 
 def timestamp(event_id: str) -> str:

@@ -32,24 +32,22 @@ from pathlib import Path
 
 import attrs
 
-from journal._codec import NOT_A_FILE, Clock, encode, timestamp
+from journal._codec import Clock, encode, timestamp
 from journal._errors import CompactionIncompleteError, StorageError
 from journal._fold import Table, fold, trim
-from journal._layout import (
+from journal._hit import (
     ARCHIVE_DIR,
     COMPACT_LOCK,
-    FILE_MODE,
     JOURNAL_DIR,
+    NOT_A_FILE,
     PENDING_SUFFIX,
     QUARANTINE_DIR,
     READ_FLAGS,
     SNAPSHOT,
     TEMP_SUFFIX,
-    ensure_home,
-    fsync_dir,
     list_files,
-    write_atomically,
 )
+from journal._layout import FILE_MODE, ensure_home, fsync_dir, write_atomically
 from journal._model import CompactionReport, Skips
 from journal._read import archive_files, describe, fold_file, fold_lines, journal_files, probe
 from journal._scan import Line, scan_stream

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import attrs
 
-from journal._layout import (
+from journal._hit import (
     ARCHIVE_DIR,
     JOURNAL_DIR,
     JOURNAL_SUFFIX,

@@ -1,12 +1,15 @@
-"""The state directory (docs/formats.md): its paths, and creating and replacing things in it.
+"""The state directory (docs/formats.md): creating and replacing things in it.
 
-Every directory is created 0700 and every file 0600; nothing in it is followed through a
-symlink (``O_NOFOLLOW`` on files, ``lstat`` on directories). A directory this module
+Its names (and listing and opening files for reading) are the hit path's, in
+:mod:`journal._hit`, which loads no module it can do without.
+
+Every directory is created 0700 and every file 0600; nothing in it is followed through
+a symlink (``O_NOFOLLOW`` on files, ``lstat`` on directories). A directory this module
 creates is made durable in its parent (fsync of the parent) before it is used, so a
 power loss cannot take away a directory that acknowledged records were written into.
 
-An error is never taken for absence: :func:`list_files` says "none" only for a directory
-that does not exist, and raises when one exists but cannot be listed.
+An error is never taken for absence: :func:`journal._hit.list_files` says "none" only for a
+directory that does not exist, and raises when one exists but cannot be listed.
 """
 
 from __future__ import annotations
@@ -15,26 +18,17 @@ import os
 import stat
 
 from journal._errors import StorageError, UnsafePathError
+from journal._hit import ARCHIVE_DIR, JOURNAL_DIR, LOG_DIR, QUARANTINE_DIR, TEMP_SUFFIX, refusal
 
-TYPE_CHECKING = False  # typing costs milliseconds on the hit path; checkers see True
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
     from typing import TypeVar
 
-    StrPath = str | os.PathLike[str]
+    from journal._hit import StrPath
+
     StrPathT = TypeVar("StrPathT", str, Path)
 
-JOURNAL_DIR = "journal"
-ARCHIVE_DIR = "archive"
-QUARANTINE_DIR = "quarantine"
-LOG_DIR = "log"
-SNAPSHOT = "snapshot"
-COMPACT_LOCK = "compact.lock"
-JOURNAL_SUFFIX = ".jnl"
-PENDING_SUFFIX = ".new"  # a journal being created, not yet locked by its writer
-TEMP_SUFFIX = ".tmp"  # ".<name>.<pid>.tmp": a file being replaced (write_atomically)
-
-READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 
@@ -82,7 +76,7 @@ def ensure_dir(path: StrPathT) -> StrPathT:
         raise UnsafePathError(f"{path} is a symlink; the state directory must be a real directory")
     if not stat.S_ISDIR(st.st_mode):
         raise UnsafePathError(f"{path} exists and is not a directory; move it away")
-    from journal._trust import UntrustedPathError, refusal  # not ours alone: refused
+    from journal._trust import UntrustedPathError  # not ours alone: refused
 
     reason = refusal(path, st)
     if reason is not None:
@@ -124,22 +118,6 @@ def fsync_dir(path: StrPath) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def list_files(directory: StrPath, suffix: str) -> list[str]:
-    """Paths in ``directory`` ending in ``suffix``, sorted.
-
-    None when the directory does not exist, is not a directory, or is a symlink (refused,
-    never followed). A directory that exists but cannot be listed raises OSError: an
-    unreadable directory is not an empty one.
-    """
-    try:
-        if stat.S_ISLNK(os.lstat(directory).st_mode):
-            return []
-        names = os.listdir(directory)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    return [os.path.join(directory, name) for name in sorted(names) if name.endswith(suffix)]
 
 
 def temp_path(path: Path) -> Path:

@@ -7,8 +7,8 @@ from typing import Any
 
 import attrs
 
-from journal._codec import REASONS
 from journal._fold import Table, is_tombstone
+from journal._hit import REASONS
 
 
 @attrs.frozen

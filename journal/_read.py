@@ -25,11 +25,19 @@ from pathlib import Path
 from typing import Any
 
 from journal import _hit
-from journal._codec import NOT_A_FILE, order
+from journal._codec import order
 from journal._fold import Order, Table, apply, fold
-from journal._layout import ARCHIVE_DIR, JOURNAL_DIR, JOURNAL_SUFFIX, SNAPSHOT, list_files
+from journal._hit import (
+    ARCHIVE_DIR,
+    JOURNAL_DIR,
+    JOURNAL_SUFFIX,
+    NOT_A_FILE,
+    SNAPSHOT,
+    list_files,
+    open_regular,
+)
 from journal._model import Record, Skips, State
-from journal._scan import Line, open_regular, scan, scan_stream
+from journal._scan import Line, scan, scan_stream
 from journal._snapshot import identity, read_snapshot
 
 LOAD_ATTEMPTS = 4  # reads of the state while compactions keep replacing the snapshot

@@ -9,7 +9,7 @@ Format version 2 (docs/formats.md)::
 to the end): the rest of the header and every record line, so that any single bit flip,
 header included, is detected. Version 1 covered the record lines only (a flip in its
 header could move the eviction floor unseen); it is still read, and the next compaction
-replaces it. The check is :func:`journal._scan.parse_snapshot`, shared with the hit path.
+replaces it. The check is :func:`journal._hit.parse_snapshot`, shared with the hit path.
 
 A snapshot whose header is missing, whose count or checksum disagree, or with any bad
 line is *corrupt*: its intact records are still used, and the caller rebuilds from the
@@ -30,15 +30,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from journal._hit import SNAPSHOT_PREFIX, floor_of, open_regular, parse_snapshot
 from journal._layout import write_atomically
-from journal._scan import (
-    SNAPSHOT_PREFIX,
-    Line,
-    floor_of,
-    open_regular,
-    parse_snapshot,
-    scan_stream,
-)
+from journal._scan import Line, scan_stream
 
 FORMAT = 2  # the version written
 MAX_SNAPSHOT_BYTES = 256 << 20  # far above any bounded cache; beyond it the file is not read

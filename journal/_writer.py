@@ -20,21 +20,15 @@ import os
 
 from journal._codec import Clock, encode, is_event_id
 from journal._errors import InvalidRecordError, StorageError
-from journal._layout import (
-    FILE_MODE,
-    JOURNAL_DIR,
-    JOURNAL_SUFFIX,
-    PENDING_SUFFIX,
-    ensure_dir,
-    fsync_dir,
-)
+from journal._hit import JOURNAL_DIR, JOURNAL_SUFFIX, PENDING_SUFFIX
+from journal._layout import FILE_MODE, ensure_dir, fsync_dir
 
 TYPE_CHECKING = False  # typing costs milliseconds on the hook's path; checkers see True
 if TYPE_CHECKING:
     from pathlib import Path
     from typing import Any
 
-    from journal._layout import StrPath
+    from journal._hit import StrPath
 
 TOMBSTONE_TYPE = "forgotten"
 

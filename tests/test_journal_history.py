@@ -10,7 +10,7 @@ import time
 from journal_helpers import fork, live_writer, open_fds, raw_line, reap, write_journal
 
 import journal
-from journal._codec import decode
+from journal._hit import decode
 
 
 def _order(records: list[journal.Record]) -> list[tuple[str, str]]:

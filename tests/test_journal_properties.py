@@ -18,19 +18,10 @@ from hypothesis import strategies as st
 from journal_helpers import raw_line, write_journal
 
 import journal
-from journal._codec import (
-    MAX_KEY,
-    MAX_LINE,
-    REASONS,
-    Clock,
-    _uuid7,
-    decode,
-    encode,
-    is_event_id,
-    timestamp,
-)
+from journal._codec import Clock, _uuid7, encode, is_event_id, timestamp
 from journal._errors import RecordTooLargeError
 from journal._fold import apply, fold, trim
+from journal._hit import MAX_KEY, MAX_LINE, REASONS, decode
 
 FILES = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -13,7 +13,8 @@ import pytest
 from journal_helpers import raw_line, write_journal
 
 import journal
-from journal._codec import decode, encode
+from journal._codec import encode
+from journal._hit import decode
 
 # Format version 1 as documented in docs/formats.md: these bytes must keep reading.
 V1_LINE = (

@@ -12,8 +12,8 @@ from journal_helpers import raw_line, write_journal
 
 import journal
 from journal import _hit
-from journal._scan import SNAPSHOT_CRC_END as CRC_END
-from journal._scan import SNAPSHOT_PREFIX as PREFIX
+from journal._hit import SNAPSHOT_CRC_END as CRC_END
+from journal._hit import SNAPSHOT_PREFIX as PREFIX
 from journal._snapshot import read_snapshot
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ import pytest
 from journal_helpers import drain, fork, live_writer, reap
 
 import journal
-from journal._codec import MAX_KEY, MAX_LINE
+from journal._hit import MAX_KEY, MAX_LINE
 
 
 def _mode(path: Path) -> int:
