@@ -33,14 +33,12 @@ def hook(args: Any, argv: list[str]) -> int:
     as its environment, ``argv`` what followed ``hook``."""
     import os
 
-    from cli._hook import run
-
     env = dict(os.environ)
     if args.home:
         env["RECONCILE_HOME"] = args.home
     if args.database_url:
         env["RECONCILE_DATABASE_URL"] = args.database_url
-    return run(env, argv=(["--sync"] if args.sync else []) + argv)
+    return reconcile.run_hook(env, argv=(["--sync"] if args.sync else []) + argv)
 
 
 def compact(args: Any, settings: reconcile.Settings) -> int:

@@ -11,8 +11,6 @@ Exports load lazily: the hook's hit path imports ``reconcile._fast`` alone, and 
 attrs, structlog and psycopg only where it needs them.
 """
 
-from __future__ import annotations
-
 import sys
 
 TYPE_CHECKING = False
@@ -58,6 +56,7 @@ __all__ = [
     "decide",
     "default_home",
     "events",
+    "exit_hook",
     "executor_sessions",
     "get_logger",
     "handle",
@@ -70,6 +69,7 @@ __all__ = [
     "reconcile_session",
     "redact_url",
     "replay_to_db",
+    "run_hook",
     "resolve_url",
     "run_reconciler",
     "schema_state",
@@ -118,9 +118,11 @@ _WHERE = {
             "Observation",
             "check_hit",
             "default_home",
+            "exit_hook",
             "handle",
             "observe",
             "parse_payload",
+            "run_hook",
             "settled_session",
             "verdict",
         )
@@ -210,9 +212,11 @@ if TYPE_CHECKING:
         Observation,
         check_hit,
         default_home,
+        exit_hook,
         handle,
         observe,
         parse_payload,
+        run_hook,
         settled_session,
         verdict,
     )

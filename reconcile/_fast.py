@@ -1,21 +1,25 @@
-"""The hook's hit path: identity, cache key and the cache check, on the standard library.
+"""The hook, start to finish, and its hit path: identity, cache key, the cache check.
 
-Everything here runs in every hook, in a fresh process, so it imports nothing but ``os``
-and :mod:`journal`'s hit-path reader, and it works on raw records (plain dicts) on
-purpose: building attrs classes would cost more than the whole check. What the hook does
-with the verdict is in :mod:`reconcile._outbox`; docs/architecture.md has the picture.
+Everything here runs in every hook, in a fresh interpreter that Claude Code waits for,
+so what it loads is what it costs (docs/performance.md). It imports :mod:`journal`'s
+hit-path reader (one module) and, from the standard library, only what the interpreter
+has loaded anyway: ``posix`` rather than ``os`` (a tenth of the interpreter's start-up),
+``sys`` and ``time``; no ``from __future__`` either (annotations that name typing-only
+types are quoted). It works on raw records (plain dicts) on purpose: building attrs
+classes would cost more than the whole check. What the hook does on anything but a hit
+is in :mod:`reconcile._outbox`; docs/architecture.md has the picture.
 """
 
-from __future__ import annotations
-
-import os
+import posix
+import sys
+import time
 
 from journal import event_time_us, home_refusal, latest, parse_json
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from typing import Any
+    from typing import Any, NoReturn
 
 MAX_PAYLOAD = 1 << 20  # bytes of stdin the hook reads at most
 MAX_VALUE = 256  # characters of a session id or identity value
@@ -65,16 +69,34 @@ _IDENTITY_VARS = (
 )
 
 
-def default_home(env: Mapping[str, str]) -> str:
+def default_home(env: "Mapping[str, str]") -> str:
     """``RECONCILE_HOME``, else ``${XDG_STATE_HOME:-~/.local/state}/reconcile``."""
     home = env.get("RECONCILE_HOME")
     if home:
         return home
-    state = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(state, "reconcile")
+    state = env.get("XDG_STATE_HOME") or _join(_user_home(env), ".local/state")
+    return _join(state, "reconcile")
 
 
-def positive_seconds(env: Mapping[str, str], name: str, default: float) -> float:
+def _join(directory: str, name: str) -> str:
+    """``os.path.join`` of a directory and a relative name (``os`` is not loaded here)."""
+    return directory + name if directory.endswith("/") else f"{directory}/{name}"
+
+
+def _user_home(env: "Mapping[str, str]") -> str:
+    """``~``, as :func:`os.path.expanduser` finds it: ``HOME``, else the password entry."""
+    home = env.get("HOME")
+    if home is None:
+        try:
+            import pwd
+
+            home = pwd.getpwuid(posix.getuid()).pw_dir
+        except (ImportError, KeyError):
+            return "~"
+    return home.rstrip("/") or "/"
+
+
+def positive_seconds(env: "Mapping[str, str]", name: str, default: float) -> float:
     """A duration variable for the hook, the default if unset or malformed (the
     reconciler's :class:`Settings` reports a malformed one in the log)."""
     try:
@@ -84,12 +106,12 @@ def positive_seconds(env: Mapping[str, str], name: str, default: float) -> float
     return value if value > 0 else default
 
 
-def agent_max_age(env: Mapping[str, str]) -> float:
+def agent_max_age(env: "Mapping[str, str]") -> float:
     """``RECONCILE_AGENT_MAX_AGE``: agent-keyed entries are revalidated after this."""
     return positive_seconds(env, "RECONCILE_AGENT_MAX_AGE", AGENT_MAX_AGE_S)
 
 
-def negative_ttl(env: Mapping[str, str]) -> float:
+def negative_ttl(env: "Mapping[str, str]") -> float:
     """``RECONCILE_NEGATIVE_TTL``: how long "no executor" is trusted."""
     return positive_seconds(env, "RECONCILE_NEGATIVE_TTL", NEGATIVE_TTL_S)
 
@@ -167,7 +189,7 @@ def cache_key(
     return f"agent-name:{escaped}/{agent_name}"
 
 
-def observe(env: Mapping[str, str], payload: Mapping[str, Any]) -> Observation | str:
+def observe(env: "Mapping[str, str]", payload: "Mapping[str, Any]") -> "Observation | str":
     """The observation in a hook's environment and payload, or why there is none.
 
     Each identity value comes from ``RECONCILE_<X>``, else ``GENIE_<X>``, else (name and
@@ -202,7 +224,7 @@ def observe(env: Mapping[str, str], payload: Mapping[str, Any]) -> Observation |
     return Observation(session_id, **values)
 
 
-def parse_payload(raw: bytes) -> dict[str, Any] | str:
+def parse_payload(raw: bytes) -> "dict[str, Any] | str":
     """The hook payload (a JSON object), or why it cannot be used."""
     if len(raw) > MAX_PAYLOAD:
         return "payload_too_large"
@@ -215,14 +237,14 @@ def parse_payload(raw: bytes) -> dict[str, Any] | str:
     return payload
 
 
-def settled_session(record: Mapping[str, Any]) -> str | None:
+def settled_session(record: "Mapping[str, Any]") -> str | None:
     """The session id a cache record settled, or None if it settles nothing (observed)."""
     field = SETTLED_SESSION.get(record["type"])
     data = record["data"]
     return None if field is None or not isinstance(data, dict) else data.get(field)
 
 
-def observed_session(record: Mapping[str, Any]) -> str | None:
+def observed_session(record: "Mapping[str, Any]") -> str | None:
     """The session id of an observation or of a "no executor" answer, else None."""
     data = record["data"]
     if record["type"] in (*UNSETTLED, UNRESOLVED) and isinstance(data, dict):
@@ -231,7 +253,7 @@ def observed_session(record: Mapping[str, Any]) -> str | None:
 
 
 def classify(
-    record: Mapping[str, Any] | None,
+    record: "Mapping[str, Any] | None",
     observation: Observation,
     *,
     max_age_s: float,
@@ -269,8 +291,6 @@ def verdict(
     now_us: int | None = None,
 ) -> str:
     """Read the cache (snapshot + journals) and classify ``observation`` against it."""
-    import time
-
     record = latest(home, observation.key)
     now = time.time_ns() // 1000 if now_us is None else now_us
     return classify(
@@ -285,7 +305,7 @@ def check_hit(
     return verdict(home, observation, max_age_s=max_age_s, now_us=now_us) == HIT
 
 
-def handle(env: Mapping[str, str], raw: bytes | None, *, sync: bool = False) -> str:
+def handle(env: "Mapping[str, str]", raw: bytes | None, *, sync: bool = False) -> str:
     """The hook, start to finish, given its environment and stdin (None: over 1 MiB).
 
     Returns what it came to: :data:`HIT`, a reason it skipped (``missing_identity``,
@@ -296,8 +316,6 @@ def handle(env: Mapping[str, str], raw: bytes | None, *, sync: bool = False) -> 
     observation = payload if isinstance(payload, str) else observe(env, payload)
     if isinstance(observation, str):
         return observation
-    import time
-
     home = default_home(env)
     if home_refusal(home) is not None:  # three lstat calls (docs/operations.md)
         return UNTRUSTED_HOME  # nothing read: a stranger's record is no hit, nor is it ours
@@ -315,3 +333,100 @@ def handle(env: Mapping[str, str], raw: bytes | None, *, sync: bool = False) -> 
 
     after = record["id"] if record is not None else None
     return settle_later(home, env, observation, found, sync=sync, after=after)
+
+
+# -- The hook process ----------------------------------------------------------------------
+
+_TRUE = ("1", "true", "yes", "on")
+_QUIET = (HIT, "missing_identity")  # outcomes not worth a log line: the usual ones,
+_QUIET_ENDINGS = (":started", ":running", ":backoff", ":settled", ":busy")  # or routine
+
+
+def run_hook(env: "Mapping[str, str] | None" = None, argv: "list[str] | None" = None) -> int:
+    """``reconcile hook``: handle one Claude Code hook event; always returns 0.
+
+    Reads the payload from stdin and writes nothing to stdout (what a command hook prints
+    is read by Claude Code); ``argv`` holds what followed ``hook``. ``--sync`` (or
+    ``RECONCILE_SYNC=1``): settle before returning, within the configured database
+    timeouts, for those who need the row updated before the tool runs.
+    """
+    env = environ() if env is None else env
+    argv = sys.argv[2:] if argv is None else argv
+    real_stdout = sys.stdout
+    sys.stdout = open("/dev/null", "w")  # noqa: SIM115 - nothing may reach Claude Code's stdout
+    try:
+        sync = "--sync" in argv or (env.get("RECONCILE_SYNC") or "").strip().lower() in _TRUE
+        outcome = handle(env, _read_stdin(), sync=sync)
+        # Silent for a hit and when no identity is set at all (a session the orchestrator
+        # did not spawn, on every event, should cost nothing); the rest is logged.
+        if outcome in _QUIET or outcome.endswith(_QUIET_ENDINGS):
+            pass
+        elif outcome == UNTRUSTED_HOME:  # not ours alone: nothing was read or written
+            _log(env, "warning", "hook.refused", reason=home_refusal(default_home(env)))
+        elif ":" not in outcome:  # input it could not use
+            _log(env, "info", "hook.skipped", reason=outcome)
+        else:  # observed, but no reconciler could be started: the next hook tries again
+            _log(env, "warning", "hook.unsettled", outcome=outcome)
+    except BaseException as exc:  # the hook never fails Claude Code, whatever happens
+        _log(env, "error", "hook.failed", error=f"{type(exc).__name__}: {exc}"[:500])
+    finally:
+        sys.stdout.close()
+        sys.stdout = real_stdout
+    return 0
+
+
+def exit_hook(argv: "list[str]") -> "NoReturn":
+    """Run the hook as the whole process, and end it without the interpreter's teardown.
+
+    Tearing down an interpreter (freeing every module, object and arena) costs more than
+    the hook's whole hit path (docs/performance.md), for memory the kernel reclaims
+    anyway. Nothing is left to run at exit: records and log lines are written with one
+    ``write()`` each, never buffered, no ``atexit`` handler is ours, and the two standard
+    streams are flushed here. So the process ends with ``_exit``.
+    """
+    code = run_hook(argv=argv)
+    for stream in (sys.stdout, sys.stderr):
+        try:  # not contextlib.suppress: that module is not loaded on the hit path
+            if stream is not None:
+                stream.flush()
+        except BaseException:  # a closed or broken stream: nothing is owed to it
+            pass
+    posix._exit(code)
+
+
+def environ() -> dict[str, str]:
+    """The process environment as ``os.environ`` decodes it, without loading ``os``."""
+    encoding = sys.getfilesystemencoding()
+    return {
+        name.decode(encoding, "surrogateescape"): value.decode(encoding, "surrogateescape")
+        for name, value in posix.environ.items()
+    }
+
+
+def _read_stdin() -> bytes | None:
+    """At most 1 MiB of stdin; None if there was more."""
+    stream = sys.stdin.buffer if sys.stdin is not None else None
+    if stream is None:
+        return b""
+    raw = stream.read(MAX_PAYLOAD + 1)
+    return None if len(raw) > MAX_PAYLOAD else raw
+
+
+def _log(env: "Mapping[str, str]", level: str, event: str, **fields: object) -> None:
+    import contextlib
+
+    with contextlib.suppress(BaseException):  # nowhere left to report to; still exit 0
+        from journal import path_refusal
+        from reconcile._errors import ConfigError
+        from reconcile._log import configure, get_logger
+        from reconcile._settings import Settings
+
+        home = default_home(env)
+        if path_refusal(home) or path_refusal(_join(home, "log")):
+            return  # only into a log directory that is ours, in a state directory of ours
+        try:
+            settings = Settings.from_env(env)
+        except ConfigError:  # a malformed variable: log under the home alone
+            settings = Settings(home=default_home(env))
+        configure(settings)
+        getattr(get_logger(), level)(event, **fields)

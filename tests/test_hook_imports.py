@@ -1,9 +1,10 @@
 """What the hook's hit path imports, in a fresh interpreter, as installed.
 
 The hit path runs on every Claude Code event it is wired to, so what it imports is its
-cost (docs/performance.md). This runs the installed ``reconcile`` script exactly as the
-shell would (``python -S``, see bin/reconcile) on a hit, and compares ``sys.modules`` at
-exit with that of an interpreter that ran nothing: the difference is the hit path.
+cost (docs/performance.md). This runs the installed ``reconcile`` script exactly as
+``install-hooks`` writes it (``python -S <script> hook``) on a hit, under ``-X importtime``
+(which reports every import as it happens, even in a process that ends with ``_exit``),
+and compares with an interpreter that ran nothing: the difference is the hit path.
 """
 
 from __future__ import annotations
@@ -18,45 +19,20 @@ from reconcile_helpers import clean_env
 
 import journal
 
-# Ours, exactly: the layers' public faces and the hit path's modules, nothing else.
-OURS = {
-    "cli",
-    "cli._hook",
-    "reconcile",
-    "reconcile._fast",
-    "journal",
-    "journal._codec",
-    "journal._errors",
-    "journal._hit",
-    "journal._json",
-    "journal._layout",
-    "journal._scan",
-    "journal._trust",
-}
-# The standard library's: os (which ``site`` would have loaded) and small C modules.
-STDLIB_ALLOWED = {
-    *("os", "os.path", "posixpath", "genericpath", "_collections_abc", "stat", "_stat"),
-    *("__future__", "_json", "fcntl", "time", "zlib"),
-}
-FORBIDDEN = {"attrs", "structlog", "psycopg", "argparse", "typing", "pathlib", "json", "re"}
-
-_DUMP = """
-import atexit, sys
-atexit.register(lambda: sys.__stderr__.write("MODULES " + " ".join(sorted(sys.modules)) + "\\n"))
-"""
-_RUN = """
-script = sys.argv[1]
-sys.argv = [script, "hook"]
-exec(compile(open(script).read(), script, "exec"), {"__name__": "__main__", "__file__": script})
-"""
+# Ours, exactly: the two packages' faces and one module of each, nothing else.
+OURS = {"reconcile", "reconcile._fast", "journal", "journal._hit"}
+# The standard library's: two C modules (checksums, the JSON scanner) and stat's constants.
+STDLIB_ALLOWED = {"_json", "zlib", "_stat"}
+FORBIDDEN = {"os", "attrs", "structlog", "psycopg", "argparse", "typing", "pathlib", "json", "re"}
 
 
-def modules(argv: list[str], env: dict[str, str], stdin: bytes = b"") -> set[str]:
+def imported(argv: list[str], env: dict[str, str], stdin: bytes = b"") -> set[str]:
+    """The modules a process imported, as ``-X importtime`` reported them."""
     done = subprocess.run(argv, input=stdin, capture_output=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout == b""
-    [line] = [x for x in done.stderr.decode().splitlines() if x.startswith("MODULES ")]
-    return set(line.split()[1:])
+    lines = [x for x in done.stderr.decode().splitlines() if x.startswith("import time:")]
+    return {line.rpartition("|")[2].strip() for line in lines[1:]}  # after the heading
 
 
 def test_the_hit_path_imports_only_its_own_modules(tmp_path: Path):
@@ -73,9 +49,9 @@ def test_the_hit_path_imports_only_its_own_modules(tmp_path: Path):
         )
     env = clean_env(RECONCILE_HOME=str(tmp_path), RECONCILE_EXECUTOR_ID="e-1")
     env.pop("PYTHONPATH", None)
-    baseline = modules([str(python), "-S", "-c", _DUMP], env)
+    baseline = imported([str(python), "-S", "-X", "importtime", "-c", "pass"], env)
     payload = json.dumps({"session_id": "s-1", "hook_event_name": "PreToolUse"}).encode()
-    hook = modules([str(python), "-S", "-c", _DUMP + _RUN, str(script)], env, payload)
+    hook = imported([str(python), "-S", "-X", "importtime", str(script), "hook"], env, payload)
     assert len(list(journal.history(tmp_path))) == 1  # it was a hit: nothing written
     added = hook - baseline
     assert {m for m in added if m.split(".")[0] in ("cli", "reconcile", "journal")} == OURS
