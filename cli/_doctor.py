@@ -119,8 +119,9 @@ def _hooks(path: Path, given: str | None) -> Check:
     for command in found:
         program = _program(command)
         if program is not None and not _runnable(program):
-            here = install.replace("reconcile", _self(), 1)
-            fixed = f"{here} --uninstall && {here} --command {shlex.quote(_self() + ' hook')}"
+            # Installing again replaces every entry of ours by this installation's own
+            # command: absolute paths, nothing looked up on the PATH.
+            fixed = install.replace("reconcile", _self(), 1)
             return Check(name, FAILED, f"{program!r} (the hook's command) is not on PATH", fixed)
     described = "; ".join(f"{cmd!r} on {', '.join(events)}" for cmd, events in found.items())
     return Check(name, OK, f"{described} ({path})")

@@ -12,6 +12,13 @@ The first two are synchronous on purpose: each runs once per session or prompt, 
 headless session that ends cancels the async hooks still running (measured with the
 real Claude Code), which would lose the one observation that matters.
 
+The command, unless ``--command`` says otherwise, runs this installation's interpreter
+without ``site`` on its ``reconcile`` script: ``<env>/bin/python -S <env>/bin/reconcile
+hook``, by absolute paths. Claude Code then starts the interpreter itself: no ``/bin/sh``
+reading the script's shell line first, no ``PATH`` lookup, and no dependence on the
+``PATH`` Claude Code happens to see (docs/hook.md). Where no such script lies beside the
+interpreter (``python -m cli``), it is ``reconcile hook``, found on the ``PATH``.
+
 The form depends on the Claude Code version (``claude --version`` of the ``claude`` on
 ``PATH``, or ``--claude-version``): from 2.1.139 the exec form (``command`` + ``args``,
 no ``/bin/sh`` in between), before it the shell form; ``async`` from 2.1.23. An unknown
@@ -19,8 +26,9 @@ version gets the shell form without ``async``, which every version runs.
 
 Every entry written carries ``"statusMessage": "session-reconcile"`` (the text Claude
 Code shows while a hook runs) and that is how a later run knows it: an entry with that
-mark, one whose program is named ``reconcile`` with a ``hook`` argument (what earlier
-versions wrote, whatever ``--command`` said), or one running the given ``--command``.
+mark, one that runs a program or script named ``reconcile`` with a ``hook`` argument
+(what earlier versions wrote, whatever ``--command`` said), or one running the given
+``--command``.
 Installing replaces every such entry (so an upgrade drops a PreToolUse entry written
 before); ``--uninstall`` removes them all.
 
@@ -65,9 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--command",
         dest="hook_command",
         metavar="COMMAND",
-        default="reconcile hook",
-        help="the hook command (default: 'reconcile hook'; its program must be on the PATH "
-        "Claude Code sees)",
+        help="the hook command (default: this installation's python -S on its reconcile "
+        "script, by absolute paths; else 'reconcile hook', which must be on Claude Code's PATH)",
     )
     parser.add_argument(
         "--every-tool-use",
@@ -88,13 +95,14 @@ def run(args: Any, settings: Settings) -> int:
         print(f"{path}: no such file; nothing to remove")
         return 0
     current = _read(path)
+    command = args.hook_command or default_command()
     if args.uninstall:
-        updated = without(current, args.hook_command)
+        updated = without(current, command)
         plan = None
-        removed = _count_ours(current, args.hook_command)
+        removed = _count_ours(current, command)
     else:
         version = args.claude_version or detect_claude_version()
-        plan = Plan.for_version(args.hook_command, version, every_tool_use=args.every_tool_use)
+        plan = Plan.for_version(command, version, every_tool_use=args.every_tool_use)
         updated = with_hooks(current, plan)
         removed = 0
     text = json.dumps(updated, indent=2) + "\n"
@@ -170,6 +178,16 @@ class Plan:
         return f"{program!r} is not on PATH, so Claude Code may not find it{hint}"
 
 
+def default_command() -> str:
+    """The hook command of this installation: ``<env>/bin/python -S <env>/bin/reconcile
+    hook`` when the script lies beside the running interpreter, else ``reconcile hook``."""
+    python = Path(sys.executable)
+    script = python.with_name("reconcile")
+    if python.is_absolute() and script.is_file() and os.access(python, os.X_OK):
+        return shlex.join([str(python), "-S", str(script), "hook"])
+    return "reconcile hook"
+
+
 def exec_argv(command: str) -> list[str] | None:
     """The argument vector of a plain command (words, quotes), or None if it needs a shell."""
     if not command.strip() or _SHELL_SYNTAX & set(command):
@@ -231,9 +249,16 @@ def is_ours(hook: Any, command: str) -> bool:
         argv = exec_argv(program)
     if argv is None:
         return False
-    return argv == exec_argv(command) or (
-        os.path.basename(argv[0]) == "reconcile" and "hook" in argv[1:]
-    )
+    return argv == exec_argv(command) or _runs_reconcile_hook(argv)
+
+
+def _runs_reconcile_hook(argv: list[str]) -> bool:
+    """``reconcile hook``, ``/x/reconcile hook`` or ``/x/python -S /x/reconcile hook``: a
+    program or script named ``reconcile`` before a ``hook`` argument."""
+    if "hook" not in argv[1:]:
+        return False
+    before = argv[: argv.index("hook", 1)]
+    return any(os.path.basename(word) == "reconcile" for word in before)
 
 
 def _ours_in(groups: list[Any], command: str) -> list[tuple[Any, Any]]:

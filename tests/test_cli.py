@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -402,8 +403,17 @@ def test_doctor_names_the_first_thing_wrong_until_all_is_well(tmp_path, database
         == 0
     )
     code, report = doctor()
-    assert code == 3 and "--command" in report["next_step"]
+    assert code == 3 and report["next_step"].endswith(f"install-hooks --settings {settings}")
     assert "is not on PATH" in report["checks"][-1]["detail"]
+    fix = subprocess.run(
+        shlex.split(report["next_step"]),
+        capture_output=True,
+        env=clean_env(RECONCILE_HOME=str(home)),
+        timeout=120,
+    )
+    assert fix.returncode == 0, fix.stderr
+    code, report = doctor()
+    assert report["checks"][-1]["status"] == "OK", report  # the next step fixed it
 
     script = Path(reconcile_command()[0])
     assert script.name == "reconcile", "the tests run against the installed script"

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from reconcile_helpers import clean_env, reconcile_command
 
 NEW = "2.1.332"
-EXEC = {"type": "command", "command": "reconcile", "args": ["hook"]}
+# The default command: this interpreter without site, on the script installed beside it.
+_SCRIPT = Path(sys.executable).with_name("reconcile")
+ARGV = [sys.executable, "-S", str(_SCRIPT), "hook"] if _SCRIPT.is_file() else ["reconcile", "hook"]
+EXEC = {"type": "command", "command": ARGV[0], "args": ARGV[1:]}
 MARKED = {**EXEC, "statusMessage": "session-reconcile"}
+SHELL = {"type": "command", "command": shlex.join(ARGV), "statusMessage": "session-reconcile"}
 SOURCES = "startup|resume|clear|compact|fork"
 # What earlier versions of install-hooks wrote.
 EARLIER = {
@@ -54,6 +60,17 @@ def test_default_install_into_a_missing_file_then_idempotent(tmp_path):
     }
     assert b"SessionStart, UserPromptSubmit" in done.stdout and b"exec form" in done.stdout
     assert stat.S_IMODE(settings.stat().st_mode) == 0o600
+    # What was written runs, as Claude Code runs it: argv as is, payload on stdin.
+    state = tmp_path / "state"
+    hook = subprocess.run(
+        ARGV,
+        input=b'{"session_id": "s-1"}',
+        capture_output=True,
+        env=clean_env(RECONCILE_HOME=str(state), RECONCILE_EXECUTOR_ID="e-1"),
+        timeout=120,
+    )
+    assert (hook.returncode, hook.stdout, hook.stderr) == (0, b"", b"")
+    assert any((state / "journal").iterdir())  # the observation, for the reconciler
     before = settings.read_bytes()
     again = install(settings, "--claude-version", NEW)
     assert again.returncode == 0 and b"already" in again.stdout
@@ -133,21 +150,8 @@ def test_every_tool_use_adds_an_async_pre_tool_use_and_plain_install_removes_it(
     [
         # exec form from 2.1.139, async from 2.1.23; before: the shell form, synchronous
         ("2.1.139", MARKED, {**MARKED, "async": True}),
-        (
-            "2.1.138",
-            {"type": "command", "command": "reconcile hook", "statusMessage": "session-reconcile"},
-            {
-                "type": "command",
-                "command": "reconcile hook",
-                "statusMessage": "session-reconcile",
-                "async": True,
-            },
-        ),
-        (
-            "2.1.22",
-            {"type": "command", "command": "reconcile hook", "statusMessage": "session-reconcile"},
-            {"type": "command", "command": "reconcile hook", "statusMessage": "session-reconcile"},
-        ),
+        ("2.1.138", SHELL, {**SHELL, "async": True}),
+        ("2.1.22", SHELL, SHELL),
     ],
 )
 def test_the_form_follows_the_claude_code_version(tmp_path, version, session_start, pre_tool_use):
@@ -177,7 +181,7 @@ def test_the_version_comes_from_claude_on_path(tmp_path):
     claude.write_text("#!/bin/sh\necho 'no version here'\n")
     done = install(settings, path=path)
     assert done.returncode == 0 and b"shell form" in done.stdout
-    shell = {"type": "command", "command": "reconcile hook", "statusMessage": "session-reconcile"}
+    shell = SHELL
     assert hooks_of(settings)["UserPromptSubmit"] == [{"hooks": [shell]}]
 
     claude.unlink()
@@ -210,7 +214,7 @@ def test_uninstall_removes_every_entry_whatever_its_command(tmp_path):
     hooks = hooks_of(settings)
     assert set(hooks) == {"SessionStart", "UserPromptSubmit", "Stop"}
     assert hooks["UserPromptSubmit"] == [
-        {"hooks": [{**MARKED, "command": f"{tmp_path}/venv/bin/reconcile"}]}
+        {"hooks": [{**MARKED, "command": f"{tmp_path}/venv/bin/reconcile", "args": ["hook"]}]}
     ]
     settings.write_text(
         json.dumps(
@@ -250,7 +254,10 @@ def test_warns_when_the_program_is_not_on_path(tmp_path):
     bin_dir.mkdir()
     (bin_dir / "reconcile").write_text("#!/bin/sh\n")
     (bin_dir / "reconcile").chmod(0o755)
-    found = install(settings, "--claude-version", NEW, path=f"{bin_dir}:/usr/bin:/bin")
+    on_path = ("--command", "reconcile hook", "--claude-version", NEW)
+    found = install(settings, *on_path, path=f"{bin_dir}:/usr/bin:/bin")
     assert found.returncode == 0 and found.stderr == b""
-    not_found = install(settings, "--claude-version", NEW, path="/usr/bin:/bin")
+    not_found = install(settings, *on_path, path="/usr/bin:/bin")
     assert b"'reconcile' is not on PATH" in not_found.stderr
+    default = install(settings, "--claude-version", NEW, path="/usr/bin:/bin")
+    assert default.returncode == 0 and default.stderr == b""  # absolute paths: no PATH lookup
