@@ -14,6 +14,7 @@ import gc
 import json
 import math
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -23,6 +24,21 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent  # the project: children import from here
+
+
+def hook_argv() -> list[str]:
+    """The hook exactly as ``reconcile install-hooks`` writes it for this environment (its
+    default command: ``<env>/bin/python -S <env>/bin/reconcile hook``), so that a benchmark
+    times the process Claude Code starts."""
+    from cli._install import default_command  # loaded only when asked: see above
+
+    return shlex.split(default_command())
+
+
+def typed_hook_argv() -> list[str]:
+    """``reconcile hook`` as typed in a shell: the installed script, through its shell line."""
+    script = Path(sys.executable).with_name("reconcile")
+    return [str(script), "hook"] if script.exists() else [sys.executable, "-m", "cli", "hook"]
 
 
 def percentile(values: Sequence[float], q: float) -> float:

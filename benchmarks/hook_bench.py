@@ -1,6 +1,6 @@
 """The hook's hit-path budget: a hit fork against ``python -c pass``, interleaved.
 
-Issue budget: the median wall time of a hit-path fork at most 1.5x that of
+Budget: the median wall time of a hit-path fork at most 1.0x that of
 ``python -c pass`` on the same machine in the same run. A hit needs no database: the
 cache entry is written here directly, and the URL points nowhere, so a fork that missed
 would show up as a pending event (checked at the end).
@@ -18,14 +18,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import journal
-
-
-def command() -> list[str]:
-    script = Path(sys.executable).with_name("reconcile")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
+from benchmarks._harness import hook_argv
 
 
 def main() -> None:
@@ -48,7 +43,7 @@ def main() -> None:
         payload = json.dumps({"session_id": "s-1", "hook_event_name": "PreToolUse"}).encode()
         runs = {
             "python -c pass": ([sys.executable, "-c", "pass"], None),
-            "reconcile hook (hit)": ([*command(), "hook"], payload),
+            "reconcile hook (hit)": (hook_argv(), payload),
             "python -c 'import json'": ([sys.executable, "-c", "import json"], None),
         }
         times: dict[str, list[float]] = {name: [] for name in runs}

@@ -5,6 +5,9 @@ outside (wall) and by the kernel (user + system CPU of the hook process, from
 ``wait4``), interleaved with ``python -c pass`` so that both see the same machine:
 
 - hit: the entry settled this session id;
+- hit, typed: the same hit, run as ``reconcile hook`` typed in a shell (the script's
+  shell line first); every other path runs the hook as ``install-hooks`` writes it,
+  ``<env>/bin/python -S <env>/bin/reconcile hook``;
 - first miss: a new session id while the database answers (the hook journals it and
   starts the reconciler, which it does not wait for);
 - database refusing: nothing listens on the port;
@@ -41,13 +44,9 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import reconcile
+from benchmarks._harness import hook_argv, typed_hook_argv
 
 DATABASE = "reconcile_bench_paths"
-
-
-def command() -> list[str]:
-    script = Path(sys.executable).with_name("reconcile")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
 
 
 def timed(argv: list[str], env: dict[str, str], stdin: bytes | None) -> tuple[float, float]:
@@ -162,6 +161,7 @@ def session_rounds(args: argparse.Namespace, url: str, tmp: Path) -> None:
     silent_url = f"postgresql://postgres@127.0.0.1:{silent.getsockname()[1]}/x"
     paths: dict[str, tuple[str, dict[str, str]]] = {
         "hit": (url, {"RECONCILE_EXECUTOR_ID": "e-0"}),
+        "hit, typed": (url, {"RECONCILE_EXECUTOR_ID": "e-0"}),
         "first miss": (url, {"RECONCILE_EXECUTOR_ID": "e-1"}),
         "database refusing": (refused_url, {"RECONCILE_EXECUTOR_ID": "e-2"}),
         "database silent": (silent_url, {"RECONCILE_EXECUTOR_ID": "e-3"}),
@@ -175,20 +175,22 @@ def session_rounds(args: argparse.Namespace, url: str, tmp: Path) -> None:
     wait_idle(hit_home)
     for round_ in range(args.rounds):
         for name, (db, identity) in paths.items():
-            home = hit_home if name == "hit" else tmp / f"{name}-{round_}"
+            hit = name.startswith("hit")
+            home = hit_home if hit else tmp / f"{name}-{round_}"
             env = {
                 **base_env,
                 "RECONCILE_HOME": str(home),
                 "RECONCILE_DATABASE_URL": db,
                 **identity,
             }
-            session = "s-hit" if name == "hit" else f"s-{round_}"
+            session = "s-hit" if hit else f"s-{round_}"
+            argv = typed_hook_argv() if name == "hit, typed" else hook_argv()
             payload = json.dumps({"session_id": session, "hook_event_name": "PreToolUse"}).encode()
             for _ in range(args.uses):
                 w, c = timed([sys.executable, "-c", "pass"], base_env, None)
                 wall["python -c pass"].append(w)
                 cpu["python -c pass"].append(c)
-                w, c = timed([*command(), "hook"], env, payload)
+                w, c = timed(argv, env, payload)
                 wall[name].append(w)
                 cpu[name].append(c)
             wait_idle(home)
@@ -210,7 +212,7 @@ def session_rounds(args: argparse.Namespace, url: str, tmp: Path) -> None:
 
 def run_hook(env: dict[str, str], session: str) -> tuple[float, float]:
     payload = json.dumps({"session_id": session}).encode()
-    return timed([*command(), "hook"], env, payload)
+    return timed(hook_argv(), env, payload)
 
 
 def outage_costs(url: str, tmp: Path, uses: int) -> None:
@@ -267,7 +269,7 @@ def burst(url: str, tmp: Path, n: int = 64) -> None:
                 "RECONCILE_DATABASE_URL": url,
                 "RECONCILE_EXECUTOR_ID": f"e-{100 + i}",
             }
-            proc = subprocess.Popen([*command(), "hook"], stdin=subprocess.PIPE, env=env)
+            proc = subprocess.Popen(hook_argv(), stdin=subprocess.PIPE, env=env)
             procs.append(proc)
         for i, proc in enumerate(procs):
             proc.communicate(json.dumps({"session_id": f"burst-{i}"}).encode())
