@@ -395,7 +395,8 @@ def exit_hook(argv: "list[str]") -> "NoReturn":
 
 
 def environ() -> dict[str, str]:
-    """The process environment as ``os.environ`` decodes it, without loading ``os``."""
+    """The environment the process started with, decoded as ``os.environ`` decodes it,
+    without loading ``os`` (changes made through ``os.environ`` since are not seen)."""
     encoding = sys.getfilesystemencoding()
     return {
         name.decode(encoding, "surrogateescape"): value.decode(encoding, "surrogateescape")

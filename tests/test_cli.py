@@ -413,7 +413,7 @@ def test_doctor_names_the_first_thing_wrong_until_all_is_well(tmp_path, database
     )
     assert fix.returncode == 0, fix.stderr
     code, report = doctor()
-    assert report["checks"][-1]["status"] == "OK", report  # the next step fixed it
+    assert report["checks"][-1]["status"] == "ok", report  # the next step fixed it
 
     script = Path(reconcile_command()[0])
     assert script.name == "reconcile", "the tests run against the installed script"

@@ -136,7 +136,7 @@ print(json.dumps([attempt(**a) for a in json.loads(sys.argv[1])]))
 # Runs the hook in this interpreter and reports every file the hook opened or listed
 # under RECONCILE_HOME (audit events: open, os.listdir, os.scandir) to AUDIT_REPORT.
 AUDITED_HOOK = r"""
-import os, runpy, sys
+import os, sys
 home = os.path.realpath(os.environ["RECONCILE_HOME"])
 report = os.environ.pop("AUDIT_REPORT")
 touched = []
@@ -147,9 +147,9 @@ def audit(event, args):
             if path == home or path.startswith(home + os.sep):
                 touched.append(event + " " + path)
 sys.addaudithook(audit)
-sys.argv = ["reconcile", "hook"]
+import reconcile  # the hook as the script runs it, but returning: exit_hook ends in _exit
 try:
-    runpy.run_module("cli", run_name="__main__")
+    reconcile.run_hook(dict(os.environ), argv=[])
 finally:
     with open(report, "w") as out:
         out.write("\n".join(touched))
