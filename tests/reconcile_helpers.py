@@ -22,6 +22,15 @@ def reconcile_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
 
 
+def default_hook() -> list[str]:
+    """The hook command ``install-hooks`` writes by default here (docs/hook.md): this
+    interpreter without ``site`` on the script beside it, else ``reconcile hook``."""
+    script = Path(sys.executable).with_name("reconcile")
+    if not script.is_file():
+        return ["reconcile", "hook"]
+    return [sys.executable, "-S", str(script), "hook"]
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """The test process's environment without any identity or RECONCILE_ variable."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RECONCILE_", "GENIE_"))}

@@ -12,16 +12,13 @@ import os
 import shlex
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from reconcile_helpers import clean_env, reconcile_command
+from reconcile_helpers import clean_env, default_hook, reconcile_command
 
 NEW = "2.1.332"
-# The default command: this interpreter without site, on the script installed beside it.
-_SCRIPT = Path(sys.executable).with_name("reconcile")
-ARGV = [sys.executable, "-S", str(_SCRIPT), "hook"] if _SCRIPT.is_file() else ["reconcile", "hook"]
+ARGV = default_hook()  # this interpreter without site, on the script installed beside it
 EXEC = {"type": "command", "command": ARGV[0], "args": ARGV[1:]}
 MARKED = {**EXEC, "statusMessage": "session-reconcile"}
 SHELL = {"type": "command", "command": shlex.join(ARGV), "statusMessage": "session-reconcile"}

@@ -3,11 +3,12 @@
 A :class:`Sandbox` owns a directory with ``home/`` (``~/.claude/settings.json`` lives
 there), ``work/`` (the project Claude Code runs in), ``tmp/`` and ``bin/``. ``bin/`` holds
 a ``reconcile`` that appends one line to ``hook-processes.log`` and then ``exec``\\ s the
-real command, first on the ``PATH`` Claude Code gets: the settings written by ``reconcile
-install-hooks`` run it as they would run the real one, and every hook process Claude Code
-starts leaves exactly one line (a count of processes, not of reports about them). The
-benchmark uses two others: the real script itself (nothing added to time), and a bash
-wrapper that records each hook's CPU seconds (``times``).
+command ``install-hooks`` writes by default (this environment's ``python -S`` on its
+script), and :meth:`Sandbox.install` installs that wrapper as the hook's command: every
+hook process Claude Code starts leaves exactly one line (a count of processes, not of
+reports about them). The benchmark uses two others: the default install itself, nothing
+in between (``direct``), and a bash wrapper that also records each hook's CPU seconds
+(``times``).
 
 :meth:`Sandbox.run` runs ``claude -p PROMPT --output-format stream-json --verbose
 --include-hook-events`` offline against the fake Messages API, under ``reaper.py``: when
@@ -29,7 +30,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from reconcile_helpers import reconcile_command
+from reconcile_helpers import default_hook, reconcile_command
 
 HERE = Path(__file__).resolve().parent
 
@@ -136,8 +137,9 @@ class Sandbox:
         self.cpu = root / "hook-cpu"  # with hook="times": one file per hook process
         for directory in (self.home / ".claude", self.work, self.bin, root / "tmp", self.cpu):
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.hook = hook
         wrapper = self.bin / "reconcile"
-        real, log = shlex.join(reconcile_command()), shlex.quote(str(self.counter))
+        real, log = shlex.join(default_hook()[:-1]), shlex.quote(str(self.counter))
         first = [self.bin]
         if hook == "count":
             wrapper.write_text(f'#!/bin/sh\necho "$$ $*" >> {log}\nexec {real} "$@"\n')
@@ -178,8 +180,11 @@ class Sandbox:
 
     def install(self, *args: str) -> subprocess.CompletedProcess[bytes]:
         """``reconcile install-hooks`` into this sandbox's settings, with its PATH (so the
-        version comes from this ``claude``)."""
+        version comes from this ``claude``); the counting wrapper as its ``--command``
+        unless this sandbox runs the hook ``direct`` or ``args`` name another."""
         env = {k: v for k, v in self.environment.items() if not k.startswith("ANTHROPIC_")}
+        if self.hook != "direct" and "--command" not in args:
+            args = ("--command", f"{self.bin / 'reconcile'} hook", *args)
         done = subprocess.run(
             [*reconcile_command(), "install-hooks", "--settings", str(self.settings), *args],
             capture_output=True,

@@ -25,7 +25,7 @@ import psycopg
 import pytest
 from claude_sandbox import CLAUDE_VARIABLE, Run, Sandbox, claude_binary, wait_for
 from fake_api import FakeMessagesAPI
-from reconcile_helpers import audit_rows, seed, session_of
+from reconcile_helpers import audit_rows, default_hook, seed, session_of
 
 from reconcile import migrate
 
@@ -103,17 +103,18 @@ def wait_for_session(db: str, executor: str, session_id: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("install_args", "entry"),
-    [
-        ((), {"command": "reconcile", "args": ["hook"]}),  # version detected: exec form
-        (("--claude-version", "2.1.100"), {"command": "reconcile hook"}),  # older: shell form
-    ],
+    ("install_args", "form"),
+    [((), "exec"), (("--claude-version", "2.1.100"), "shell")],  # detected; older
     ids=["exec-form", "shell-form"],
 )
 def test_ten_tool_uses_cost_two_hook_processes_and_a_new_session_one_audit_row(
-    sandbox, db, install_args, entry
+    sandbox, db, install_args, form
 ):
-    sandbox.install(*install_args)
+    sandbox.install(*install_args)  # the counting wrapper as the command
+    wrapper = str(sandbox.bin / "reconcile")
+    entry = (
+        {"command": wrapper, "args": ["hook"]} if form == "exec" else {"command": f"{wrapper} hook"}
+    )
     written = json.loads(sandbox.settings.read_text())
     assert written["permissions"] == {"allow": ["Bash"]}
     for event in ("SessionStart", "UserPromptSubmit"):
@@ -131,6 +132,33 @@ def test_ten_tool_uses_cost_two_hook_processes_and_a_new_session_one_audit_row(
     assert [(r[1], r[3]["old_session_id"], r[3]["new_session_id"]) for r in rows] == [
         ("session.reconciled", None, run.session_id)
     ]
+
+
+def test_the_default_install_runs_the_interpreter_itself(tmp_path, claude, api, db):
+    """What ``install-hooks`` writes by default (this environment's ``python -S`` on its
+    script, absolute paths) is what Claude Code runs: no shell, no ``PATH`` lookup."""
+    box = Sandbox(
+        tmp_path,
+        claude,
+        api.url,
+        hook="direct",
+        PATH="/usr/bin:/bin",  # not even the script's directory: nothing is looked up
+        RECONCILE_HOME=str(tmp_path / "state"),
+        RECONCILE_DATABASE_URL=db,
+    )
+    box.allow_bash()
+    box.install("--claude-version", "2.1.332")
+    argv = default_hook()
+    for event in ("SessionStart", "UserPromptSubmit"):
+        hook = json.loads(box.settings.read_text())["hooks"][event][0]["hooks"][0]
+        assert [hook["command"], *hook["args"]] == argv
+
+    run = box.run("Run a step. tool uses: 3", RECONCILE_EXECUTOR_ID="e-1")
+
+    assert run.result["subtype"] == "success" and run.tool_results() == 3
+    assert assert_hooks_silent(run) == ["SessionStart:startup", "UserPromptSubmit"]
+    wait_for_session(db, "e-1", run.session_id)
+    assert [r[3]["new_session_id"] for r in audit_rows(db, "e-1")] == [run.session_id]
 
 
 def test_a_fork_rotates_the_session_and_a_resume_keeps_the_row_in_step(sandbox, db):
