@@ -49,6 +49,7 @@ def compact(args: Any, settings: reconcile.Settings) -> int:
             settings.home,
             max_entries=args.max_entries or settings.max_entries,
             wait=args.wait,
+            pinned_types=reconcile.UNSETTLED,  # only the journal remembers them: never evicted
             progress=advance,
         )
     if args.json:
@@ -66,7 +67,15 @@ def compact(args: Any, settings: reconcile.Settings) -> int:
                 ),
                 (
                     "cache",
-                    f"{plural(report.entries, 'entry', 'entries')}, {report.evicted} evicted",
+                    f"{plural(report.entries, 'entry', 'entries')}, {report.evicted} evicted, "
+                    f"{report.pinned} unsettled kept",
+                ),
+                (
+                    "over the bound",
+                    f"{plural(report.over_bound, 'entry', 'entries')}: unsettled observations "
+                    "are never evicted (once the database answers, the reconciler settles them)"
+                    if report.over_bound
+                    else None,
                 ),
                 ("skipped", plural(report.skipped.total, "corrupt record")),
                 ("quarantined", plural(report.quarantined, "record")),

@@ -85,7 +85,9 @@ def run(args: Any, settings: reconcile.Settings) -> int:
         runs = _run_forks(rounds, args.concurrency)
         replayed = _settle(demo, len(live), say)
         statements, connections = (a - b for a, b in zip(_activity(url), before, strict=True))
-        journal.compact(home, max_entries=demo.max_entries, wait=True)
+        journal.compact(
+            home, max_entries=demo.max_entries, wait=True, pinned_types=reconcile.UNSETTLED
+        )
         report = _report(demo, agents, live, runs, statements, connections)
     finally:
         if keep:

@@ -24,6 +24,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from reconcile_helpers import (
     audit_rows,
     clean_env,
+    cli,
     hook_process,
     query,
     run_hook,
@@ -257,6 +258,66 @@ def test_no_identity_the_database_knows_is_asked_once_per_ttl(tmp_path: Path, db
         wait_settled(home)
     assert connections(db) - before == 1
     assert [r.type for r in lines(home)] == ["session.observed", "session.unresolved"]
+
+
+def test_compaction_never_evicts_an_unsettled_observation(tmp_path: Path, db: str):
+    settled, observed, bound = 3, 8, 4
+    executors(db, settled + observed)
+    home = tmp_path / "home"
+    for i in range(settled):
+        run_hook(home, db, {"session_id": f"new-{i}"}, RECONCILE_EXECUTOR_ID=f"e-{i}")
+    wait_settled(home)
+    lock = hold_lock(home)  # the database is "away": observations wait
+    for i in range(settled, settled + observed):
+        run_hook(home, db, {"session_id": f"new-{i}"}, RECONCILE_EXECUTOR_ID=f"e-{i}")
+    waiting = {f"executor:e-{i}" for i in range(settled, settled + observed)}
+
+    done = cli("compact", "--max-entries", str(bound), "--json", home=home, url=db)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    # The settled entries go first; the observations alone exceed the bound: all stay.
+    assert (report["evicted"], report["pinned"], report["entries"]) == (settled, observed, observed)
+    assert report["over_bound"] == observed - bound
+    assert not list((home / "journal").glob("*.jnl"))  # all archived: the snapshot holds them
+    assert {r.key for r in reconcile.unsettled(str(home))} == waiting
+
+    os.close(lock)  # the database answers again: the next tool use starts a reconciler
+    run_hook(home, db, {"session_id": f"new-{settled}"}, RECONCILE_EXECUTOR_ID=f"e-{settled}")
+    wait_settled(home)
+    for i in range(settled + observed):
+        assert session_of(db, f"e-{i}") == f"new-{i}"
+    rows = audit_rows(db)
+    assert sorted(r[3]["new_session_id"] for r in rows) == sorted(
+        f"new-{i}" for i in range(settled + observed)
+    )
+    # Settled, they are ordinary entries again: the bound holds.
+    again = cli("compact", "--max-entries", str(bound), "--json", home=home, url=db)
+    assert json.loads(again.stdout)["entries"] == bound
+    assert json.loads(again.stdout)["over_bound"] == 0
+
+
+def test_the_compaction_a_hook_starts_never_evicts_an_unsettled_observation(
+    tmp_path: Path, db: str
+):
+    n, bound = 6, 2
+    executors(db, n)
+    home = tmp_path / "home"
+    env = {"RECONCILE_COMPACT_THRESHOLD": "0", "RECONCILE_MAX_ENTRIES": str(bound)}
+    lock = hold_lock(home)
+    try:
+        for i in range(n):  # each hook starts a compaction, unless one runs
+            run_hook(home, db, {"session_id": f"new-{i}"}, RECONCILE_EXECUTOR_ID=f"e-{i}", **env)
+        # Until every journal is archived, the next tool use (a waiting one: it writes
+        # nothing) starts another compaction.
+        give_up = time.monotonic() + 180
+        while list((home / "journal").glob("*.jnl")):
+            assert time.monotonic() < give_up, "the hooks' compactions never archived all"
+            run_hook(home, db, {"session_id": "new-0"}, RECONCILE_EXECUTOR_ID="e-0", **env)
+            time.sleep(0.2)
+        keys = {r.key for r in reconcile.unsettled(str(home))}
+        assert keys == {f"executor:e-{i}" for i in range(n)}
+    finally:
+        os.close(lock)
 
 
 # -- helpers ---------------------------------------------------------------------------
