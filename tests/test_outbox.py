@@ -20,6 +20,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import structlog
+from journal_helpers import raw_line
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from reconcile_helpers import (
     audit_rows,
@@ -318,6 +320,56 @@ def test_the_compaction_a_hook_starts_never_evicts_an_unsettled_observation(
         assert keys == {f"executor:e-{i}" for i in range(n)}
     finally:
         os.close(lock)
+
+
+def test_the_reconciler_logs_what_it_could_not_read_once_and_settles_the_rest(
+    tmp_path: Path, db: str
+):
+    executors(db, 3)
+    # A state directory so deep that one journal's path exceeds PATH_MAX: listed, but
+    # opening it fails (ENAMETOOLONG), for root too. A real I/O error, no fault injected.
+    home = tmp_path
+    while len(str(home)) < 3800:
+        home = home / ("d" * 200)
+    home.mkdir(parents=True, mode=0o700)
+    identity = {"executor_id": None, "agent_id": None, "agent_name": None, "team": None}
+
+    def observation(i: int) -> dict:
+        return {"identity": {**identity, "executor_id": f"e-{i}"}, "session_id": f"new-{i}"}
+
+    with journal.Writer(home) as writer:
+        writer.append("executor:e-0", observation(0), "session.observed")
+    directory = os.open(home / "journal", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        unreadable = "x" * (4096 - len(str(home / "journal")) + 8) + ".jnl"
+        assert len(unreadable) < 255 and len(str(home / "journal" / unreadable)) > 4096
+        fd = os.open(unreadable, os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=directory)
+        os.write(fd, raw_line("executor:e-1", observation(1), type="session.observed"))
+        os.close(fd)
+        corrupt = os.open("1-corrupt.jnl", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=directory)
+        os.write(corrupt, b"not a record\n")
+        os.write(corrupt, raw_line("executor:e-2", observation(2), type="session.observed"))
+        os.close(corrupt)
+    finally:
+        os.close(directory)
+    settings = Settings.from_env({}, home=home, database_url=db)
+    with structlog.testing.capture_logs() as logs:
+        report = reconcile.settle_pending(settings)
+    assert report.error is None and report.outcomes == {"reconciled": 2}
+    assert (session_of(db, "e-0"), session_of(db, "e-1"), session_of(db, "e-2")) == (
+        "new-0",
+        "old-1",
+        "new-2",
+    )
+    problems = [e for e in logs if e["event"] in ("reconciler.unreadable", "reconciler.skipped")]
+    assert [(e["event"], e["log_level"]) for e in problems] == [
+        ("reconciler.unreadable", "warning"),
+        ("reconciler.skipped", "warning"),
+    ]  # once each, though the run read the journal more than once
+    assert len(problems[0]["errors"]) == 1 and unreadable in problems[0]["errors"][0]
+    assert problems[1]["skipped"] == {"json": 1}
+    # Never taken for absence: the observation waits in its file for a later run.
+    assert unreadable in os.listdir(home / "journal")
 
 
 # -- helpers ---------------------------------------------------------------------------
