@@ -145,6 +145,13 @@ def lock_held(home: str, name: str) -> bool:
     return False
 
 
+def reconciler_running(home: str | os.PathLike[str]) -> bool:
+    """Whether a reconciler runs for the state directory ``home``: whether some process
+    holds its ``reconcile.lock``. A probe (a shared lock tried and released at once): it
+    never keeps a reconciler from starting. False if the lock file does not exist yet."""
+    return lock_held(os.fspath(home), RECONCILE_LOCK)
+
+
 def ensure_reconciler(home: str, env: Mapping[str, str], *, now_s: float | None = None) -> str:
     """Start a reconciler unless one runs or the database is in backoff.
 

@@ -384,7 +384,7 @@ def _write_backoff(settings: Settings, record: dict[str, Any]) -> None:
 def outbox_status(settings: Settings) -> dict[str, Any]:
     """What ``reconcile status`` shows of the outbox: unsettled observations, the backoff,
     whether a reconciler runs, the last database error seen by any process."""
-    from reconcile._outbox import RECONCILE_LOCK, lock_held
+    from reconcile._outbox import reconciler_running
 
     home = str(settings.home)
     waiting = unsettled(home)
@@ -395,7 +395,7 @@ def outbox_status(settings: Settings) -> dict[str, Any]:
     return {
         "unsettled": len(waiting),
         "oldest_unsettled": waiting[0].ts if waiting else None,
-        "reconciler_running": lock_held(home, RECONCILE_LOCK),
+        "reconciler_running": reconciler_running(home),
         "backoff": {
             "in_force": in_force,
             "failures": backoff.get("failures", 0),

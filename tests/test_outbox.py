@@ -32,6 +32,7 @@ from reconcile_helpers import (
     run_hook,
     seed,
     session_of,
+    wait_idle,
     wait_settled,
 )
 
@@ -172,8 +173,8 @@ def test_silent_database_never_holds_the_hook_or_its_pipes(tmp_path: Path, db: s
         out, err = proc.communicate(json.dumps({"session_id": "s"}).encode(), timeout=300)
         assert (proc.returncode, out, err) == (0, b"", b"")
         # ... while the reconciler it started is still waiting for the database.
-        wait_for(lambda: lock_held(home), "no reconciler started")
-        assert lock_held(home)
+        wait_for(lambda: reconcile.reconciler_running(home), "no reconciler started")
+        assert reconcile.reconciler_running(home)
     finally:
         listener.close()  # the reconciler's connection fails now, and it exits
     wait_idle(home)
@@ -381,19 +382,8 @@ def reconcile_command() -> list[str]:
     return command()
 
 
-def lock_held(home: Path) -> bool:
-    from reconcile_helpers import _held
-
-    return _held(home / "reconcile.lock")
-
-
 def wait_for(condition: object, message: str, deadline_s: float = 180.0) -> None:
     give_up = time.monotonic() + deadline_s
     while not condition():  # type: ignore[operator]
         assert time.monotonic() < give_up, message
         time.sleep(0.05)
-
-
-def wait_idle(home: Path) -> None:
-    """Until no reconciler runs (with the database away, it leaves a backoff)."""
-    wait_for(lambda: not lock_held(home), "a reconciler kept running")
