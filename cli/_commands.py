@@ -107,7 +107,7 @@ def status_data(settings: reconcile.Settings) -> dict[str, Any]:
         "skipped": state.skipped.as_dict(),
         **files.to_dict(),
         "database": database,
-        "outbox": reconcile.outbox_status(settings),
+        "outbox": reconcile.outbox_status(settings, state),  # the same fold, not a second
         "next_step": _probe.database_next_step(database),
     }
 

@@ -263,8 +263,9 @@ def _settle(settings: reconcile.Settings, keys: int, say: Any) -> int:
     (nothing, unless the database did not answer in time). Returns how many that was."""
     deadline = time.monotonic() + SETTLE_DEADLINE_S
     while time.monotonic() < deadline:
-        outbox = reconcile.outbox_status(settings)
-        settled = len(journal.load(settings.home)) >= keys and not outbox["unsettled"]
+        state = journal.load(settings.home)  # folded once, for both questions
+        outbox = reconcile.outbox_status(settings, state)
+        settled = len(state) >= keys and not outbox["unsettled"]
         if settled and not outbox["reconciler_running"]:
             return 0
         time.sleep(0.1)

@@ -381,13 +381,16 @@ def _write_backoff(settings: Settings, record: dict[str, Any]) -> None:
         get_logger().warning("backoff.write_failed", error=str(exc))
 
 
-def outbox_status(settings: Settings) -> dict[str, Any]:
+def outbox_status(settings: Settings, state: journal.State | None = None) -> dict[str, Any]:
     """What ``reconcile status`` shows of the outbox: unsettled observations, the backoff,
-    whether a reconciler runs, the last database error seen by any process."""
+    whether a reconciler runs, the last database error seen by any process.
+
+    ``state``: the journal's state if the caller has folded it already (folding it is
+    most of the cost), else it is loaded here."""
     from reconcile._outbox import reconciler_running
 
     home = str(settings.home)
-    waiting = unsettled(home)
+    waiting = _waiting(journal.load(home) if state is None else state)
     backoff = read_backoff(home) or {}
     until = backoff.get("until")
     now = time.time()

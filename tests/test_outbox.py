@@ -373,6 +373,18 @@ def test_the_reconciler_logs_what_it_could_not_read_once_and_settles_the_rest(
     assert unreadable in os.listdir(home / "journal")
 
 
+def test_outbox_status_reads_the_state_it_is_given(tmp_path: Path):
+    observed, empty = tmp_path / "observed", tmp_path / "empty"
+    with journal.Writer(observed) as writer:
+        writer.append("executor:e-0", {"session_id": "s"}, "session.observed")
+    state = journal.load(observed)
+    # `reconcile status` folds the journal once and hands the state over: given one,
+    # outbox_status counts from it, not from a second fold of the directory.
+    given = reconcile.outbox_status(Settings.from_env({}, home=empty), state)
+    assert given["unsettled"] == 1 and given["oldest_unsettled"] == state["executor:e-0"].ts
+    assert reconcile.outbox_status(Settings.from_env({}, home=observed))["unsettled"] == 1
+
+
 # -- helpers ---------------------------------------------------------------------------
 
 
