@@ -153,25 +153,11 @@ class StatementCounter:
 def settled(home: Path, deadline_s: float = 300.0) -> None:
     """Wait until the new design's background reconciler has settled every observation
     of ``home`` and exited (the hook itself never waits on the database)."""
-    import fcntl
-
     import reconcile
 
     give_up = time.monotonic() + deadline_s
     while time.monotonic() < give_up:
-        busy = False
-        try:
-            fd = os.open(home / "reconcile.lock", os.O_RDONLY)
-        except FileNotFoundError:
-            pass
-        else:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                busy = True
-            finally:
-                os.close(fd)
-        if not busy and not reconcile.unsettled(str(home)):
+        if not reconcile.reconciler_running(home) and not reconcile.unsettled(str(home)):
             return
         time.sleep(0.05)
     raise RuntimeError(f"observations in {home} still unsettled after {deadline_s} s")

@@ -132,21 +132,9 @@ def prepare(admin_url: str, executors: int) -> str:
 
 def wait_idle(home: Path, deadline_s: float = 120) -> None:
     """Until no reconciler runs in ``home`` (so that rounds do not overlap)."""
-    import fcntl
-
     give_up = time.monotonic() + deadline_s
-    while time.monotonic() < give_up:
-        try:
-            fd = os.open(home / "reconcile.lock", os.O_RDONLY)
-        except FileNotFoundError:
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            time.sleep(0.02)
-        finally:
-            os.close(fd)
+    while reconcile.reconciler_running(home) and time.monotonic() < give_up:
+        time.sleep(0.02)
 
 
 def session_rounds(args: argparse.Namespace, url: str, tmp: Path) -> None:

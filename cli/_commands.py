@@ -47,6 +47,7 @@ def compact(args: Any, settings: reconcile.Settings) -> int:
             settings.home,
             max_entries=args.max_entries or settings.max_entries,
             wait=args.wait,
+            pinned_types=reconcile.UNSETTLED,  # only the journal remembers them: never evicted
             progress=advance,
         )
     if args.json:
@@ -64,7 +65,15 @@ def compact(args: Any, settings: reconcile.Settings) -> int:
                 ),
                 (
                     "cache",
-                    f"{plural(report.entries, 'entry', 'entries')}, {report.evicted} evicted",
+                    f"{plural(report.entries, 'entry', 'entries')}, {report.evicted} evicted, "
+                    f"{report.pinned} unsettled kept",
+                ),
+                (
+                    "over the bound",
+                    f"{plural(report.over_bound, 'entry', 'entries')}: unsettled observations "
+                    "are never evicted (once the database answers, the reconciler settles them)"
+                    if report.over_bound
+                    else None,
                 ),
                 ("skipped", plural(report.skipped.total, "corrupt record")),
                 ("quarantined", plural(report.quarantined, "record")),
@@ -96,7 +105,7 @@ def status_data(settings: reconcile.Settings) -> dict[str, Any]:
         "skipped": state.skipped.as_dict(),
         **files.to_dict(),
         "database": database,
-        "outbox": reconcile.outbox_status(settings),
+        "outbox": reconcile.outbox_status(settings, state),  # the same fold, not a second
         "next_step": _probe.database_next_step(database),
     }
 

@@ -85,7 +85,9 @@ def run(args: Any, settings: reconcile.Settings) -> int:
         runs = _run_forks(rounds, args.concurrency)
         replayed = _settle(demo, len(live), say)
         statements, connections = (a - b for a, b in zip(_activity(url), before, strict=True))
-        journal.compact(home, max_entries=demo.max_entries, wait=True)
+        journal.compact(
+            home, max_entries=demo.max_entries, wait=True, pinned_types=reconcile.UNSETTLED
+        )
         report = _report(demo, agents, live, runs, statements, connections)
     finally:
         if keep:
@@ -261,8 +263,9 @@ def _settle(settings: reconcile.Settings, keys: int, say: Any) -> int:
     (nothing, unless the database did not answer in time). Returns how many that was."""
     deadline = time.monotonic() + SETTLE_DEADLINE_S
     while time.monotonic() < deadline:
-        outbox = reconcile.outbox_status(settings)
-        settled = len(journal.load(settings.home)) >= keys and not outbox["unsettled"]
+        state = journal.load(settings.home)  # folded once, for both questions
+        outbox = reconcile.outbox_status(settings, state)
+        settled = len(state) >= keys and not outbox["unsettled"]
         if settled and not outbox["reconciler_running"]:
             return 0
         time.sleep(0.1)

@@ -27,7 +27,7 @@ import os
 import stat
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import attrs
@@ -74,6 +74,7 @@ def compact(
     max_entries: int = 1000,
     wait: bool = False,
     retention: Retention | None = None,
+    pinned_types: Collection[str] = (),
     progress: Callable[[int, int], None] | None = None,
 ) -> CompactionReport:
     """Fold every journal into a new snapshot and archive the finished ones.
@@ -82,12 +83,19 @@ def compact(
     report with ``busy=True`` (or waits for it with ``wait=True``). ``progress`` is called
     with (journals folded, journals in all) as the fold advances.
 
+    The snapshot keeps at most ``max_entries`` live entries, evicting the least recently
+    written, except that an entry whose record type is in ``pinned_types`` is never
+    evicted: if those alone exceed ``max_entries``, all of them are kept and the report's
+    ``over_bound`` says by how many.
+
     Raises :class:`CompactionIncompleteError` (its ``report`` says what was done) if a
     file could not be read, synced or moved: it was left in place for the next run.
     Raises :class:`StorageError` if the lock cannot be taken for an I/O error.
     """
     if max_entries < 1:
         raise ValueError("max_entries must be at least 1")
+    if isinstance(pinned_types, str):
+        raise TypeError("pinned_types is a collection of record types, not one string")
     home = ensure_home(Path(home))
     started = time.monotonic()
     try:
@@ -103,7 +111,9 @@ def compact(
             return CompactionReport(busy=True)
         except OSError as exc:
             raise StorageError(f"cannot lock {home / COMPACT_LOCK}: {exc.strerror}") from None
-        report = _compact_locked(home, max_entries, retention or Retention(), progress)
+        report = _compact_locked(
+            home, max_entries, retention or Retention(), frozenset(pinned_types), progress
+        )
     finally:
         with contextlib.suppress(OSError):
             os.close(lock)
@@ -122,6 +132,7 @@ def _compact_locked(
     home: Path,
     max_entries: int,
     retention: Retention,
+    pinned: frozenset[str],
     progress: Callable[[int, int], None] | None,
 ) -> CompactionReport:
     errors: list[str] = []
@@ -195,7 +206,8 @@ def _compact_locked(
     if progress is not None:
         progress(len(journals), len(journals))
 
-    evicted, floor = trim(table, max_entries, floor)
+    evicted, floor = trim(table, max_entries, floor, pinned)
+    entries = sum(1 for r in table.values() if r["data"] is not None)
     created = timestamp(Clock().next())
     try:
         write_snapshot(home / SNAPSHOT, _encoded(table), created, floor)
@@ -212,8 +224,10 @@ def _compact_locked(
         records=records,
         skipped=Skips.from_counts(skips),
         quarantined=quarantined,
-        entries=sum(1 for r in table.values() if r["data"] is not None),
+        entries=entries,
         evicted=len(evicted),
+        pinned=sum(1 for r in table.values() if r["data"] is not None and r["type"] in pinned),
+        over_bound=max(0, entries - max_entries),
         archive_pruned=pruned,
         snapshot_rebuilt=not snap.intact and snap.present,
         temporaries_removed=removed,

@@ -11,11 +11,16 @@ floor for a key the table does not hold is dropped, because it is either the evi
 record itself or older than it; folding a journal again after a crash, or a live one at
 every compaction, cannot resurrect an evicted key with stale data. (The cache then
 misses, and the database answers: the safe direction.)
+
+Some records must never be evicted, whatever their age: the caller names their types
+(``pinned``; for reconcile, observations the database has not settled yet, which only
+the cache remembers). Eviction passes over them, and if they alone exceed the bound
+the table keeps them all: the bound gives way, never a pinned record.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 Table = dict[str, dict[str, Any]]
@@ -49,18 +54,25 @@ def is_tombstone(record: dict[str, Any]) -> bool:
 
 
 def trim(
-    table: Table, max_entries: int, floor: Order | None = None
+    table: Table,
+    max_entries: int,
+    floor: Order | None = None,
+    pinned: Collection[str] = (),
 ) -> tuple[list[str], Order | None]:
     """Evict the least recently written keys beyond ``max_entries`` live entries.
 
-    Tombstones are bounded the same way, separately. Returns the evicted live keys and
-    the new floor: the newest (ts, id) ever evicted, ``floor`` included.
+    A live record whose type is in ``pinned`` is never evicted: the others go first, and
+    if pinned records alone exceed ``max_entries`` all of them stay (the table then holds
+    more than ``max_entries``). Tombstones are bounded the same way, separately, and are
+    never pinned. Returns the evicted live keys and the new floor: the newest (ts, id)
+    ever evicted, ``floor`` included.
     """
     live = [r for r in table.values() if not is_tombstone(r)]
     dead = [r for r in table.values() if is_tombstone(r)]
+    evictable = [r for r in live if r["type"] not in pinned] if pinned else live
     evicted: list[str] = []
-    for group, report in ((live, True), (dead, False)):
-        excess = len(group) - max_entries
+    for group, size, report in ((evictable, len(live), True), (dead, len(dead), False)):
+        excess = size - max_entries
         if excess <= 0:
             continue
         group.sort(key=lambda r: (r["ts"], r["id"]))

@@ -98,6 +98,10 @@ class State(Mapping[str, Record]):
 class CompactionReport:
     """What one compaction did (or that it could not run because another one was).
 
+    ``pinned`` counts the live entries whose type the caller pinned (never evicted);
+    ``over_bound``, how many entries beyond ``max_entries`` the snapshot holds because
+    pinned entries alone exceeded it (0 otherwise).
+
     ``errors`` names each file the compaction could not read, sync or move, and why;
     each was left where it was, for the next run. :func:`journal.compact` raises
     :class:`journal.CompactionIncompleteError` (holding this report) when it is not empty.
@@ -112,6 +116,8 @@ class CompactionReport:
     quarantined: int = 0
     entries: int = 0
     evicted: int = 0
+    pinned: int = 0
+    over_bound: int = 0
     archive_pruned: int = 0
     snapshot_rebuilt: bool = False
     duration_s: float = 0.0

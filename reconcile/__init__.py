@@ -67,6 +67,7 @@ __all__ = [
     "parse_payload",
     "ping",
     "reconcile_session",
+    "reconciler_running",
     "redact_url",
     "replay_to_db",
     "run_hook",
@@ -134,6 +135,7 @@ _WHERE = {
     "Outcome": ("_engine", "Outcome"),
     "reconcile_session": ("_engine", "reconcile_session"),
     "settle": ("_engine", "settle"),
+    "reconciler_running": ("_outbox", "reconciler_running"),
     "ReconcileReport": ("_reconciler", "ReconcileReport"),
     "outbox_status": ("_reconciler", "outbox_status"),
     "run_reconciler": ("_reconciler", "run_reconciler"),
@@ -222,6 +224,7 @@ if TYPE_CHECKING:
     )
     from reconcile._log import configure as configure_logging
     from reconcile._log import get_logger
+    from reconcile._outbox import reconciler_running
     from reconcile._reconciler import (
         ReconcileReport,
         outbox_status,

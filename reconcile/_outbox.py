@@ -23,7 +23,7 @@ import sys
 import time
 
 from journal import Writer, new_event_id, parse_json
-from reconcile._fast import MISS, OBSERVED, Observation
+from reconcile._fast import MISS, OBSERVED, UNSETTLED, Observation
 
 TYPE_CHECKING = False  # typing costs milliseconds in the hook; checkers see True
 if TYPE_CHECKING:
@@ -41,7 +41,12 @@ _FILE_MODE = 0o600
 # What the detached processes run. Each is a fresh interpreter with the hook's
 # environment; the package's own directory leads PYTHONPATH (see _child_env).
 _RECONCILER = "import sys; from reconcile import run_reconciler; sys.exit(run_reconciler(sys.argv))"
-_COMPACTOR = "import journal, sys; journal.compact(sys.argv[1], max_entries=int(sys.argv[2]))"
+# The compactor pins the record types it is given (argv[3:]): unsettled observations,
+# which only the journal remembers, are never evicted.
+_COMPACTOR = (
+    "import journal, sys; "
+    "journal.compact(sys.argv[1], max_entries=int(sys.argv[2]), pinned_types=sys.argv[3:])"
+)
 
 
 def settle_later(
@@ -140,6 +145,13 @@ def lock_held(home: str, name: str) -> bool:
     return False
 
 
+def reconciler_running(home: str | os.PathLike[str]) -> bool:
+    """Whether a reconciler runs for the state directory ``home``: whether some process
+    holds its ``reconcile.lock``. A probe (a shared lock tried and released at once): it
+    never keeps a reconciler from starting. False if the lock file does not exist yet."""
+    return lock_held(os.fspath(home), RECONCILE_LOCK)
+
+
 def ensure_reconciler(home: str, env: Mapping[str, str], *, now_s: float | None = None) -> str:
     """Start a reconciler unless one runs or the database is in backoff.
 
@@ -184,7 +196,7 @@ def maybe_compact(home: str, env: Mapping[str, str]) -> bool:
     except ValueError:
         max_entries = "1000"
     try:
-        spawn([sys.executable, "-c", _COMPACTOR, home, max_entries], env)
+        spawn([sys.executable, "-c", _COMPACTOR, home, max_entries, *UNSETTLED], env)
     except OSError:
         return False
     return True

@@ -15,6 +15,11 @@ the backoff settles them: no operator command needed.
 
 A crash anywhere is safe: an observation is settled only by a journaled outcome, and
 settling one twice finds the database already right ("confirmed": no second audit row).
+
+What the journal could not read does not stop a run: observations in a file that could
+not be read wait there for a later run, and corrupt lines were never observations. Both
+are logged once per run (``reconciler.unreadable``, ``reconciler.skipped``), since a run
+reads the journal many times and each read meets them again.
 """
 
 from __future__ import annotations
@@ -150,6 +155,8 @@ class _Run:
         self.outcomes: dict[str, int] = {}
         self.tried: set[str] = set()  # observations attempted here: never loop on one
         self.error: str | None = None
+        self._unreadable: set[str] = set()  # read errors already logged by this run
+        self._skipped_logged = False
         self._conn_cm: Any = None
         self._conn: Any = None
         self._log = get_logger()
@@ -161,7 +168,28 @@ class _Run:
         )
 
     def todo(self) -> list[journal.Record]:
-        return [r for r in unsettled(self.home) if r.id not in self.tried]
+        state = journal.load(self.home)
+        self._note_read_problems(state)
+        return [r for r in _waiting(state) if r.id not in self.tried]
+
+    def _note_read_problems(self, state: journal.State) -> None:
+        """Log, once per run, the files the journal could not read and its skipped lines."""
+        new = [error for error in state.errors if error not in self._unreadable]
+        if new:
+            self._unreadable.update(new)
+            self._log.warning(
+                "reconciler.unreadable",
+                errors=new,
+                hint="observations in these files wait until they can be read: "
+                "fix the file system, and the next reconciler settles them",
+            )
+        if state.skipped.total and not self._skipped_logged:
+            self._skipped_logged = True
+            self._log.warning(
+                "reconciler.skipped",
+                skipped={reason: n for reason, n in state.skipped.as_dict().items() if n},
+                hint="corrupt lines are skipped; `reconcile compact` quarantines them",
+            )
 
     def settle_all(self) -> bool:
         """Settle what waits now; False if the database failed (a backoff is recorded)."""
@@ -221,7 +249,10 @@ def _mtime(path: str) -> int:
 
 def unsettled(home: str) -> list[journal.Record]:
     """Observations still waiting: the latest record of their key, oldest first."""
-    state = journal.load(home)
+    return _waiting(journal.load(home))
+
+
+def _waiting(state: journal.State) -> list[journal.Record]:
     waiting = [record for record in state.values() if record.type in UNSETTLED]
     return sorted(waiting, key=lambda r: (r.ts, r.id))
 
@@ -350,13 +381,16 @@ def _write_backoff(settings: Settings, record: dict[str, Any]) -> None:
         get_logger().warning("backoff.write_failed", error=str(exc))
 
 
-def outbox_status(settings: Settings) -> dict[str, Any]:
+def outbox_status(settings: Settings, state: journal.State | None = None) -> dict[str, Any]:
     """What ``reconcile status`` shows of the outbox: unsettled observations, the backoff,
-    whether a reconciler runs, the last database error seen by any process."""
-    from reconcile._outbox import RECONCILE_LOCK, lock_held
+    whether a reconciler runs, the last database error seen by any process.
+
+    ``state``: the journal's state if the caller has folded it already (folding it is
+    most of the cost), else it is loaded here."""
+    from reconcile._outbox import reconciler_running
 
     home = str(settings.home)
-    waiting = unsettled(home)
+    waiting = _waiting(journal.load(home) if state is None else state)
     backoff = read_backoff(home) or {}
     until = backoff.get("until")
     now = time.time()
@@ -364,7 +398,7 @@ def outbox_status(settings: Settings) -> dict[str, Any]:
     return {
         "unsettled": len(waiting),
         "oldest_unsettled": waiting[0].ts if waiting else None,
-        "reconciler_running": lock_held(home, RECONCILE_LOCK),
+        "reconciler_running": reconciler_running(home),
         "backoff": {
             "in_force": in_force,
             "failures": backoff.get("failures", 0),

@@ -328,14 +328,14 @@ def _port(paths: _Paths) -> int:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        path = paths.pg / "port"
-        temp = path.with_name(f"port.{os.getpid()}")
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(f"{port}\n")
-        os.replace(temp, path)
+        from journal import JournalError, write_atomically
+
+        # Durable before the server is started on it: a power cut must not leave a server
+        # configured for a port that the file lost (temp file, fsync, rename, fsync dir).
+        try:
+            write_atomically(paths.pg / "port", f"{port}\n".encode("ascii"))
+        except JournalError as exc:
+            raise ServerError(f"cannot keep the server's port: {exc}") from None
     return port
 
 

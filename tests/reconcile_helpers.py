@@ -76,10 +76,9 @@ def wait_settled(home: Path, deadline_s: float = 180.0) -> None:
 
     import reconcile
 
-    lock = home / "reconcile.lock"
     give_up = time.monotonic() + deadline_s
     while True:
-        if not reconcile.unsettled(str(home)) and not _held(lock):
+        if not reconcile.unsettled(str(home)) and not reconcile.reconciler_running(home):
             return
         if time.monotonic() > give_up:
             raise AssertionError(f"observations in {home} still unsettled after {deadline_s} s")
@@ -91,27 +90,13 @@ def wait_idle(home: Path, deadline_s: float = 180.0) -> None:
     backoff and the observations in place)."""
     import time
 
+    import reconcile
+
     give_up = time.monotonic() + deadline_s
-    while _held(home / "reconcile.lock"):
+    while reconcile.reconciler_running(home):
         if time.monotonic() > give_up:
             raise AssertionError(f"a reconciler of {home} ran for over {deadline_s} s")
         time.sleep(0.05)
-
-
-def _held(lock: Path) -> bool:
-    import fcntl
-
-    try:
-        fd = os.open(lock, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def seed(

@@ -128,6 +128,31 @@ def test_refolding_after_trim_resurrects_nothing(records, max_entries):
     assert not set(evicted) & set(table)
 
 
+@given(raw_records(), st.integers(min_value=1, max_value=4), st.data())
+def test_trim_never_evicts_a_pinned_record(records, max_entries, data):
+    for record in records:
+        record["type"] = data.draw(st.sampled_from(["pinned", "t"]))
+    table = fold(records)
+    live = {k: r for k, r in table.items() if r["data"] is not None}
+    pinned = {k for k, r in live.items() if r["type"] == "pinned"}
+    evicted, floor = trim(table, max_entries, pinned={"pinned"})
+    assert pinned <= set(table)  # every pinned entry stays, whatever the bound
+    kept = {k for k, r in table.items() if r["data"] is not None}
+    if len(live) > max_entries:  # the bound, or the pinned alone if they exceed it
+        assert len(kept) == max(max_entries, len(pinned))
+    else:
+        assert kept == set(live)
+    # The unpinned go least recently written first.
+    assert all(
+        (live[gone]["ts"], live[gone]["id"]) < (live[k]["ts"], live[k]["id"])
+        for gone in evicted
+        for k in kept - pinned
+    )
+    before = dict(table)
+    fold(records, table, floor)
+    assert table == before
+
+
 # -- the codec -----------------------------------------------------------------------------
 
 keys = st.text(min_size=1, max_size=MAX_KEY)

@@ -20,15 +20,19 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import structlog
+from journal_helpers import raw_line
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from reconcile_helpers import (
     audit_rows,
     clean_env,
+    cli,
     hook_process,
     query,
     run_hook,
     seed,
     session_of,
+    wait_idle,
     wait_settled,
 )
 
@@ -169,8 +173,8 @@ def test_silent_database_never_holds_the_hook_or_its_pipes(tmp_path: Path, db: s
         out, err = proc.communicate(json.dumps({"session_id": "s"}).encode(), timeout=300)
         assert (proc.returncode, out, err) == (0, b"", b"")
         # ... while the reconciler it started is still waiting for the database.
-        wait_for(lambda: lock_held(home), "no reconciler started")
-        assert lock_held(home)
+        wait_for(lambda: reconcile.reconciler_running(home), "no reconciler started")
+        assert reconcile.reconciler_running(home)
     finally:
         listener.close()  # the reconciler's connection fails now, and it exits
     wait_idle(home)
@@ -259,6 +263,128 @@ def test_no_identity_the_database_knows_is_asked_once_per_ttl(tmp_path: Path, db
     assert [r.type for r in lines(home)] == ["session.observed", "session.unresolved"]
 
 
+def test_compaction_never_evicts_an_unsettled_observation(tmp_path: Path, db: str):
+    settled, observed, bound = 3, 8, 4
+    executors(db, settled + observed)
+    home = tmp_path / "home"
+    for i in range(settled):
+        run_hook(home, db, {"session_id": f"new-{i}"}, RECONCILE_EXECUTOR_ID=f"e-{i}")
+    wait_settled(home)
+    lock = hold_lock(home)  # the database is "away": observations wait
+    for i in range(settled, settled + observed):
+        run_hook(home, db, {"session_id": f"new-{i}"}, RECONCILE_EXECUTOR_ID=f"e-{i}")
+    waiting = {f"executor:e-{i}" for i in range(settled, settled + observed)}
+
+    done = cli("compact", "--max-entries", str(bound), "--json", home=home, url=db)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    # The settled entries go first; the observations alone exceed the bound: all stay.
+    assert (report["evicted"], report["pinned"], report["entries"]) == (settled, observed, observed)
+    assert report["over_bound"] == observed - bound
+    assert not list((home / "journal").glob("*.jnl"))  # all archived: the snapshot holds them
+    assert {r.key for r in reconcile.unsettled(str(home))} == waiting
+
+    os.close(lock)  # the database answers again: the next tool use starts a reconciler
+    run_hook(home, db, {"session_id": f"new-{settled}"}, RECONCILE_EXECUTOR_ID=f"e-{settled}")
+    wait_settled(home)
+    for i in range(settled + observed):
+        assert session_of(db, f"e-{i}") == f"new-{i}"
+    rows = audit_rows(db)
+    assert sorted(r[3]["new_session_id"] for r in rows) == sorted(
+        f"new-{i}" for i in range(settled + observed)
+    )
+    # Settled, they are ordinary entries again: the bound holds.
+    again = cli("compact", "--max-entries", str(bound), "--json", home=home, url=db)
+    assert json.loads(again.stdout)["entries"] == bound
+    assert json.loads(again.stdout)["over_bound"] == 0
+
+
+def test_the_compaction_a_hook_starts_never_evicts_an_unsettled_observation(
+    tmp_path: Path, db: str
+):
+    n, bound = 6, 2
+    executors(db, n)
+    home = tmp_path / "home"
+    env = {"RECONCILE_COMPACT_THRESHOLD": "0", "RECONCILE_MAX_ENTRIES": str(bound)}
+    lock = hold_lock(home)
+    try:
+        for i in range(n):  # each hook starts a compaction, unless one runs
+            run_hook(home, db, {"session_id": f"new-{i}"}, RECONCILE_EXECUTOR_ID=f"e-{i}", **env)
+        # Until every journal is archived, the next tool use (a waiting one: it writes
+        # nothing) starts another compaction.
+        give_up = time.monotonic() + 180
+        while list((home / "journal").glob("*.jnl")):
+            assert time.monotonic() < give_up, "the hooks' compactions never archived all"
+            run_hook(home, db, {"session_id": "new-0"}, RECONCILE_EXECUTOR_ID="e-0", **env)
+            time.sleep(0.2)
+        keys = {r.key for r in reconcile.unsettled(str(home))}
+        assert keys == {f"executor:e-{i}" for i in range(n)}
+    finally:
+        os.close(lock)
+
+
+def test_the_reconciler_logs_what_it_could_not_read_once_and_settles_the_rest(
+    tmp_path: Path, db: str
+):
+    executors(db, 3)
+    # A state directory so deep that one journal's path exceeds PATH_MAX: listed, but
+    # opening it fails (ENAMETOOLONG), for root too. A real I/O error, no fault injected.
+    home = tmp_path
+    while len(str(home)) < 3800:
+        home = home / ("d" * 200)
+    home.mkdir(parents=True, mode=0o700)
+    identity = {"executor_id": None, "agent_id": None, "agent_name": None, "team": None}
+
+    def observation(i: int) -> dict:
+        return {"identity": {**identity, "executor_id": f"e-{i}"}, "session_id": f"new-{i}"}
+
+    with journal.Writer(home) as writer:
+        writer.append("executor:e-0", observation(0), "session.observed")
+    directory = os.open(home / "journal", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        unreadable = "x" * (4096 - len(str(home / "journal")) + 8) + ".jnl"
+        assert len(unreadable) < 255 and len(str(home / "journal" / unreadable)) > 4096
+        fd = os.open(unreadable, os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=directory)
+        os.write(fd, raw_line("executor:e-1", observation(1), type="session.observed"))
+        os.close(fd)
+        corrupt = os.open("1-corrupt.jnl", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=directory)
+        os.write(corrupt, b"not a record\n")
+        os.write(corrupt, raw_line("executor:e-2", observation(2), type="session.observed"))
+        os.close(corrupt)
+    finally:
+        os.close(directory)
+    settings = Settings.from_env({}, home=home, database_url=db)
+    with structlog.testing.capture_logs() as logs:
+        report = reconcile.settle_pending(settings)
+    assert report.error is None and report.outcomes == {"reconciled": 2}
+    assert (session_of(db, "e-0"), session_of(db, "e-1"), session_of(db, "e-2")) == (
+        "new-0",
+        "old-1",
+        "new-2",
+    )
+    problems = [e for e in logs if e["event"] in ("reconciler.unreadable", "reconciler.skipped")]
+    assert [(e["event"], e["log_level"]) for e in problems] == [
+        ("reconciler.unreadable", "warning"),
+        ("reconciler.skipped", "warning"),
+    ]  # once each, though the run read the journal more than once
+    assert len(problems[0]["errors"]) == 1 and unreadable in problems[0]["errors"][0]
+    assert problems[1]["skipped"] == {"json": 1}
+    # Never taken for absence: the observation waits in its file for a later run.
+    assert unreadable in os.listdir(home / "journal")
+
+
+def test_outbox_status_reads_the_state_it_is_given(tmp_path: Path):
+    observed, empty = tmp_path / "observed", tmp_path / "empty"
+    with journal.Writer(observed) as writer:
+        writer.append("executor:e-0", {"session_id": "s"}, "session.observed")
+    state = journal.load(observed)
+    # `reconcile status` folds the journal once and hands the state over: given one,
+    # outbox_status counts from it, not from a second fold of the directory.
+    given = reconcile.outbox_status(Settings.from_env({}, home=empty), state)
+    assert given["unsettled"] == 1 and given["oldest_unsettled"] == state["executor:e-0"].ts
+    assert reconcile.outbox_status(Settings.from_env({}, home=observed))["unsettled"] == 1
+
+
 # -- helpers ---------------------------------------------------------------------------
 
 
@@ -268,19 +394,8 @@ def reconcile_command() -> list[str]:
     return command()
 
 
-def lock_held(home: Path) -> bool:
-    from reconcile_helpers import _held
-
-    return _held(home / "reconcile.lock")
-
-
 def wait_for(condition: object, message: str, deadline_s: float = 180.0) -> None:
     give_up = time.monotonic() + deadline_s
     while not condition():  # type: ignore[operator]
         assert time.monotonic() < give_up, message
         time.sleep(0.05)
-
-
-def wait_idle(home: Path) -> None:
-    """Until no reconciler runs (with the database away, it leaves a backoff)."""
-    wait_for(lambda: not lock_held(home), "a reconciler kept running")

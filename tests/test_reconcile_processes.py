@@ -23,7 +23,14 @@ from reconcile_helpers import (
 )
 
 import journal
-from reconcile import Settings, database_activity, migrate, replay_to_db, verify
+from reconcile import (
+    Settings,
+    database_activity,
+    migrate,
+    reconciler_running,
+    replay_to_db,
+    verify,
+)
 
 
 @pytest.fixture
@@ -166,9 +173,7 @@ def wait_settled_or_backoff(home: Path) -> None:
     backoff and the observations in place)."""
     import time
 
-    from reconcile_helpers import _held
-
     give_up = time.monotonic() + 180
-    while _held(home / "reconcile.lock"):
+    while reconciler_running(home):
         assert time.monotonic() < give_up, "a reconciler kept running"
         time.sleep(0.05)

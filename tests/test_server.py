@@ -153,6 +153,8 @@ def test_files_and_modes(home):
     for name in ("lock", "port", "passfile"):
         st = (pg / name).lstat()
         assert (st.st_uid, st.st_mode & 0o777) == (os.geteuid(), 0o600)
+    assert (pg / "port").read_text() == f"{_server.status(home).port}\n"
+    assert not [name for name in os.listdir(pg) if name.endswith(".tmp")]  # no temp left
     status = _server.status(home)
     data = Path(status.data_dir)
     assert data.stat().st_mode & 0o777 == 0o700
