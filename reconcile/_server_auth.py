@@ -83,15 +83,11 @@ def read_password(passfile: Path) -> str | None:
 
 
 def write_passfile(passfile: Path, password: str) -> None:
-    """Keep ``password`` in ``passfile`` (0600, replaced atomically)."""
-    temp = passfile.with_name(f".{passfile.name}.{os.getpid()}")
-    temp.unlink(missing_ok=True)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(f"127.0.0.1:*:*:{ROLE}:{password}\n")
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temp, passfile)
+    """Keep ``password`` in ``passfile``: 0600, replaced atomically and durably (temp file,
+    fsync, rename, fsync of the directory; raises :class:`journal.StorageError`)."""
+    from journal import write_atomically
+
+    write_atomically(passfile, f"127.0.0.1:*:*:{ROLE}:{password}\n".encode("ascii"))
 
 
 def hba_is_current(data: Path) -> bool:
