@@ -15,6 +15,14 @@ could; the next compaction folds it. An unreadable snapshot, or an unreadable ar
 when the snapshot must be rebuilt from it, stops the compaction before anything is
 written: rebuilding without them could drop entries only they hold. Only content that
 was read and proved bad is quarantined.
+
+The floor stays below every record the compaction did not fold. Those are written while
+it runs (a journal created after the listing, a line appended to a live journal after it
+was read), so before anything else it takes a *horizon*, the time now, and evicts nothing
+written at or after it (:func:`journal._fold.trim`): the floor is older than the horizon.
+The horizon comes first, not at the listing, because the earlier it is the fewer records
+fall in the window it leaves: a record whose id was issued before the horizon and whose
+line was written after its journal was read (docs/architecture.md, "The compactor").
 """
 
 from __future__ import annotations
@@ -85,8 +93,9 @@ def compact(
 
     The snapshot keeps at most ``max_entries`` live entries, evicting the least recently
     written, except that an entry whose record type is in ``pinned_types`` is never
-    evicted: if those alone exceed ``max_entries``, all of them are kept and the report's
-    ``over_bound`` says by how many.
+    evicted, nor one written since the compaction began (it may have a record the
+    compaction did not fold): if those alone exceed ``max_entries``, all of them are kept
+    and the report's ``over_bound`` says by how many.
 
     Raises :class:`CompactionIncompleteError` (its ``report`` says what was done) if a
     file could not be read, synced or moved: it was left in place for the next run.
@@ -135,6 +144,8 @@ def _compact_locked(
     pinned: frozenset[str],
     progress: Callable[[int, int], None] | None,
 ) -> CompactionReport:
+    # The horizon, first of all: see the module's docstring.
+    horizon = timestamp(Clock().next())
     errors: list[str] = []
     removed = _remove_stale_temporaries(home, errors)
     snap = read_snapshot(home / SNAPSHOT)
@@ -206,7 +217,7 @@ def _compact_locked(
     if progress is not None:
         progress(len(journals), len(journals))
 
-    evicted, floor = trim(table, max_entries, floor, pinned)
+    evicted, floor = trim(table, max_entries, floor, pinned, horizon)
     entries = sum(1 for r in table.values() if r["data"] is not None)
     created = timestamp(Clock().next())
     try:

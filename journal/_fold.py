@@ -16,6 +16,15 @@ Some records must never be evicted, whatever their age: the caller names their t
 (``pinned``; for reconcile, observations the database has not settled yet, which only
 the cache remembers). Eviction passes over them, and if they alone exceed the bound
 the table keeps them all: the bound gives way, never a pinned record.
+
+Nor is a record written at or after the *horizon* ever evicted: the compactor takes the
+horizon, a timestamp, before it lists the journals. The floor must stay below every
+record the compaction did not fold, and those (a journal created after the listing, a
+line appended to a live journal after it was read) were written after the horizon; an
+entry newer than one of them, evicted, would raise the floor above it and hide it for
+good. So the floor is always older than the horizon. Entries of the horizon's own
+microsecond count as after it (their order against it is unknown). Like pinned records,
+they are kept even beyond the bound.
 """
 
 from __future__ import annotations
@@ -58,25 +67,32 @@ def trim(
     max_entries: int,
     floor: Order | None = None,
     pinned: Collection[str] = (),
+    horizon: str | None = None,
 ) -> tuple[list[str], Order | None]:
     """Evict the least recently written keys beyond ``max_entries`` live entries.
 
-    A live record whose type is in ``pinned`` is never evicted: the others go first, and
-    if pinned records alone exceed ``max_entries`` all of them stay (the table then holds
-    more than ``max_entries``). Tombstones are bounded the same way, separately, and are
-    never pinned. Returns the evicted live keys and the new floor: the newest (ts, id)
-    ever evicted, ``floor`` included.
+    A live record whose type is in ``pinned`` is never evicted, nor is any record (a
+    tombstone included) whose timestamp is at or after ``horizon``: the others go first,
+    and if the kept ones alone exceed ``max_entries`` all of them stay (the table then
+    holds more than ``max_entries``). Tombstones are bounded the same way, separately,
+    and are never pinned. Returns the evicted live keys and the new floor: the newest
+    (ts, id) ever evicted, ``floor`` included (what this call evicts is older than
+    ``horizon``).
     """
     live = [r for r in table.values() if not is_tombstone(r)]
     dead = [r for r in table.values() if is_tombstone(r)]
-    evictable = [r for r in live if r["type"] not in pinned] if pinned else live
     evicted: list[str] = []
-    for group, size, report in ((evictable, len(live), True), (dead, len(dead), False)):
-        excess = size - max_entries
+    for group, kept_types, report in ((live, pinned, True), (dead, (), False)):
+        excess = len(group) - max_entries
         if excess <= 0:
             continue
-        group.sort(key=lambda r: (r["ts"], r["id"]))
-        for record in group[:excess]:
+        evictable = [
+            r
+            for r in group
+            if r["type"] not in kept_types and (horizon is None or r["ts"] < horizon)
+        ]
+        evictable.sort(key=lambda r: (r["ts"], r["id"]))
+        for record in evictable[:excess]:
             del table[record["key"]]
             order = (record["ts"], record["id"])
             floor = order if floor is None else max(floor, order)

@@ -100,7 +100,8 @@ class CompactionReport:
 
     ``pinned`` counts the live entries whose type the caller pinned (never evicted);
     ``over_bound``, how many entries beyond ``max_entries`` the snapshot holds because
-    pinned entries alone exceeded it (0 otherwise).
+    the entries never evicted (pinned, or written since the compaction began) alone
+    exceeded it (0 otherwise).
 
     ``errors`` names each file the compaction could not read, sync or move, and why;
     each was left where it was, for the next run. :func:`journal.compact` raises

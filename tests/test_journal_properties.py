@@ -153,6 +153,39 @@ def test_trim_never_evicts_a_pinned_record(records, max_entries, data):
     assert table == before
 
 
+@given(raw_records(), st.integers(min_value=1, max_value=4), TIMESTAMPS, st.data())
+def test_trim_never_evicts_past_the_horizon(records, max_entries, horizon, data):
+    """Nothing at or after the horizon goes, tombstones included; so the floor stays
+    below every record written after it, folded or not. The bound holds otherwise."""
+    for record in records:
+        record["type"] = data.draw(st.sampled_from(["pinned", "t"]))
+    late = data.draw(raw_records(max_size=10))  # written after the horizon, never folded
+    for record in late:
+        record["ts"] = data.draw(st.sampled_from([horizon, "2026-01-01T00:00:09.000000Z"]))
+    table = fold(records)
+    before = dict(table)
+    evicted, floor = trim(table, max_entries, pinned={"pinned"}, horizon=horizon)
+    kept = {k for k, r in before.items() if r["type"] == "pinned" and r["data"] is not None}
+    kept |= {k for k, r in before.items() if r["ts"] >= horizon}
+    assert kept <= set(table)
+    assert floor is None or floor < (horizon, "")
+    for dead in (False, True):  # the live entries, then the tombstones: bounded apart
+        group = {k for k, r in before.items() if (r["data"] is None) is dead}
+        left = group & set(table)
+        assert len(left) == (
+            len(group) if len(group) <= max_entries else max(max_entries, len(group & kept))
+        )
+        # The evictable go least recently written first.
+        assert all(
+            (before[gone]["ts"], before[gone]["id"]) < (before[k]["ts"], before[k]["id"])
+            for gone in group - left
+            for k in left - kept
+        )
+    assert set(evicted) == {k for k in set(before) - set(table) if before[k]["data"]}
+    # What was written after the horizon, folded later over this floor, all counts.
+    assert fold(late, dict(table), floor) == fold(late, dict(table))
+
+
 # -- the codec -----------------------------------------------------------------------------
 
 keys = st.text(min_size=1, max_size=MAX_KEY)

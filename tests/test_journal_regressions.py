@@ -212,3 +212,65 @@ def test_a_record_the_writer_could_not_write_is_quarantined_not_fatal(tmp_path, 
     report = journal.compact(tmp_path)
     assert (report.entries, report.quarantined) == (1, 1)
     assert journal.compact(tmp_path).entries == 1  # and the next one too
+
+
+def test_records_written_during_a_compaction_stay_visible(tmp_path):
+    """Once, when pinned entries alone filled ``max_entries``, a compaction evicted every
+    other entry, even ones written while it ran, and its floor rose above records it
+    never folded: a journal created after its listing, a line appended to a live journal
+    after it was read. Those were hidden for good. Now nothing written after the
+    compaction began is evicted (docs/architecture.md, "The compactor")."""
+    from journal_helpers import fork, reap
+
+    observed, confirmed = "session.observed", "session.confirmed"
+    with journal.Writer(tmp_path) as writer:  # a finished journal
+        writer.append("A", {"n": 1}, observed)
+    go_r, go_w = os.pipe()  # parent -> live writer: append K2, then end
+    ack_r, ack_w = os.pipe()  # live writer -> parent: one byte after each append
+
+    def live() -> None:
+        os.close(go_w)
+        os.close(ack_r)
+        with journal.Writer(tmp_path) as writer:
+            writer.append("K1", {"n": 1}, confirmed)
+            os.write(ack_w, b".")
+            os.read(go_r, 1)
+            writer.append("K2", {"n": 2}, confirmed)
+            os.write(ack_w, b".")
+            os.read(go_r, 1)  # until the parent closes its end: the journal stays live
+
+    def newcomer() -> None:  # a journal created after the compactor listed journal/
+        with journal.Writer(tmp_path) as writer:
+            writer.append("Q", {"n": 3}, observed)
+
+    live_pid = fork(live)
+    os.close(go_r)
+    os.close(ack_w)
+    try:
+        assert os.read(ack_r, 1) == b"."
+        calls: list[tuple[int, int]] = []
+
+        def during(done: int, total: int) -> None:
+            calls.append((done, total))
+            if done == 0:  # listed, nothing read yet
+                assert reap([fork(newcomer)]) == [0]
+                os.write(go_w, b".")
+                assert os.read(ack_r, 1) == b"."
+
+        report = journal.compact(tmp_path, max_entries=1, pinned_types={observed}, progress=during)
+        assert calls[0] == (0, 2)  # the newcomer's journal was not listed
+        # K1 predates the compaction; K2 and Q were written during it.
+        assert (report.evicted, report.entries, report.over_bound) == (1, 2, 1)
+        assert set(journal.load(tmp_path)) == {"A", "K2", "Q"}
+        assert journal.latest(tmp_path, "Q")["data"] == {"n": 3}
+        assert journal.latest(tmp_path, "K2")["data"] == {"n": 2}
+        assert journal.latest(tmp_path, "K1") is None  # evicted, as it may be
+        # The next compaction folds Q; K2, older than it began, may go now.
+        report = journal.compact(tmp_path, max_entries=1, pinned_types={observed})
+        assert (report.evicted, report.entries) == (1, 2)
+        assert set(journal.load(tmp_path)) == {"A", "Q"}
+        assert journal.latest(tmp_path, "Q")["data"] == {"n": 3}
+    finally:
+        os.close(go_w)
+        os.close(ack_r)
+        assert reap([live_pid]) == [0]
