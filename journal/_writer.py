@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from journal._hit import StrPath
 
 TOMBSTONE_TYPE = "forgotten"
+# A UUIDv7 (of 1970), to check a record before its journal exists: same size as any id.
+_STAND_IN_ID = "00000000-0000-7000-8000-000000000000"
 
 
 class Writer:
@@ -66,12 +68,20 @@ class Writer:
         return Path(self._path)
 
     def append(
-        self, key: str, data: dict[str, Any], type: str, *, event_id: str | None = None
+        self,
+        key: str,
+        data: dict[str, Any],
+        type: str,
+        *,
+        event_id: str | None = None,
+        after: str | None = None,
     ) -> str:
         """Append one event; return its id once the write completed.
 
         ``event_id``: an id from :func:`new_event_id`, when the caller had to name the
-        event before writing it (say, in a database row committed first).
+        event before writing it (say, in a database row committed first). Otherwise
+        the writer issues the id, after the event id ``after`` if given (of an event
+        this one answers, say), and as late as it can: see :meth:`_write`.
 
         Raises :class:`InvalidRecordError` (or :class:`RecordTooLargeError`) for a key,
         type or data that cannot be stored, and :class:`StorageError` if the write
@@ -80,7 +90,9 @@ class Writer:
         """
         if data is None:
             raise InvalidRecordError("record data must be a JSON object; use forget() to delete")
-        return self._write(key, data, type, event_id)
+        if event_id is not None and after is not None:
+            raise InvalidRecordError("give event_id or after, not both")
+        return self._write(key, data, type, event_id, after)
 
     def forget(self, key: str, type: str = TOMBSTONE_TYPE) -> str:
         """Append a tombstone: ``key`` disappears from the folded state."""
@@ -100,15 +112,30 @@ class Writer:
         self.close()
 
     def _write(
-        self, key: str, data: dict[str, Any] | None, type: str, event_id: str | None = None
+        self,
+        key: str,
+        data: dict[str, Any] | None,
+        type: str,
+        event_id: str | None = None,
+        after: str | None = None,
     ) -> str:
+        """Issue the id (unless given), encode, append.
+
+        An id the writer issues comes as late as it can: on a new journal, after the file
+        is created, locked and named. A compaction evicts nothing issued after it began
+        and folds every journal it lists; an id issued before the journal was listed could
+        be older than what it evicts, though its line was not folded (docs/architecture.md,
+        "Compaction"). A bad record is still refused before any file exists: it is encoded
+        once first with a stand-in id of the same size.
+        """
         pid = os.getpid()
-        if event_id is None:
-            event_id = self._clock.next()
-        elif is_event_id(event_id):
-            self._clock.advance(event_id)
-        else:
-            raise InvalidRecordError(f"event id {event_id!r:.60} is not a UUIDv7 string")
+        for value in (event_id, after):
+            if value is not None and not is_event_id(value):
+                raise InvalidRecordError(f"event id {value!r:.60} is not a UUIDv7 string")
+        if event_id is None and (self._fd is None or self._pid != pid):  # a new journal
+            encode(event_id=_STAND_IN_ID, pid=pid, type=type, key=key, data=data)
+            self._descriptor(pid)
+        event_id = self._issue(event_id, after)
         line = encode(event_id=event_id, pid=pid, type=type, key=key, data=data)
         fd = self._descriptor(pid)  # after encoding: a rejected record creates no file
         try:
@@ -129,6 +156,15 @@ class Writer:
                 raise StorageError(f"could not sync {path}: {exc.strerror}") from None
         self._size += written
         return event_id
+
+    def _issue(self, given: str | None, after: str | None) -> str:
+        """``given``, or a fresh id after ``after``; never before an id this writer gave."""
+        if given is not None:
+            self._clock.advance(given)
+            return given
+        if after is not None:
+            self._clock.advance(after)
+        return self._clock.next()
 
     def _abandon(self) -> str | None:
         """After a failed append: cut the journal back to its last complete line and close

@@ -22,7 +22,7 @@ import os
 import sys
 import time
 
-from journal import Writer, new_event_id, parse_json
+from journal import Writer, parse_json
 from reconcile._fast import MISS, OBSERVED, UNSETTLED, Observation
 
 TYPE_CHECKING = False  # typing costs milliseconds in the hook; checkers see True
@@ -86,7 +86,7 @@ def append_observation(
     return the record's event id."""
     data = {"identity": observation.identity(), "session_id": observation.session_id}
     with Writer(home, fsync=fsync) as writer:
-        return writer.append(observation.key, data, OBSERVED, event_id=new_event_id(after))
+        return writer.append(observation.key, data, OBSERVED, after=after)
 
 
 def read_backoff(home: str) -> dict[str, object] | None:

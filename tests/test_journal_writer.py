@@ -17,6 +17,7 @@ import pytest
 from journal_helpers import drain, fork, live_writer, reap
 
 import journal
+from journal._codec import _uuid7
 from journal._hit import MAX_KEY, MAX_LINE
 
 
@@ -197,6 +198,50 @@ class TestWriterConformance:
                 writer.append("k3", {}, "t", event_id="not-a-uuid")
         assert after > chosen
         assert journal.load(tmp_path)["k"].id == chosen
+
+    def test_an_id_issued_after_another_follows_it(self, tmp_path, fsync):
+        # Ids of events this one answers, stamped by clocks ahead of ours (an hour, a ms).
+        hour = _uuid7(time.time_ns() // 1000 + 3600 * 10**6)
+        ms = _uuid7(time.time_ns() // 1000 + 1000)
+        writer = journal.Writer(tmp_path, fsync=fsync["fsync"])
+        for given, after in ((journal.new_event_id(), hour), (None, "not-a-uuid")):
+            with pytest.raises(journal.InvalidRecordError):
+                writer.append("k", {}, "t", event_id=given, after=after)
+        assert not (tmp_path / "journal").exists()  # refused before any file existed
+        with writer:
+            first = writer.append("k", {}, "t", after=ms)  # a new journal
+            second = writer.append("k2", {}, "t", after=hour)  # the open one
+            third = writer.append("k3", {}, "t", after=ms)  # never before its own ids
+        assert ms < first < hour < second < third
+        assert journal.load(tmp_path)["k"].id == first
+
+    def test_a_new_journals_first_id_is_issued_once_the_journal_exists(
+        self, tmp_path, fsync, monkeypatch
+    ):
+        """A compaction evicts nothing issued after it began and folds every journal it
+        lists: so the first id of a new journal comes after the journal is in journal/
+        (docs/architecture.md, "The compactor"). The real creation, timed from outside."""
+        created_us: list[int] = []
+        create = journal.Writer._create
+
+        def timed(writer: journal.Writer, pid: int) -> tuple[int, str]:
+            fd, path = create(writer, pid)
+            assert os.path.exists(path)
+            created_us.append(time.time_ns() // 1000)
+            return fd, path
+
+        monkeypatch.setattr(journal.Writer, "_create", timed)
+        given = journal.new_event_id()
+        with journal.Writer(tmp_path, fsync=fsync["fsync"]) as writer:
+            first = writer.append("k", {}, "t")
+            writer.close()
+            second = writer.append("k", {}, "t", after=first)
+            writer.close()
+            assert writer.append("k", {}, "t", event_id=given) == given  # as given
+        assert len(created_us) == 3
+        assert journal.event_time_us(first) >= created_us[0]
+        assert journal.event_time_us(second) >= created_us[1]
+        assert journal.load(tmp_path)["k"].id == second
 
     def test_close_releases_and_a_later_append_opens_a_new_journal(self, tmp_path, fsync):
         writer = journal.Writer(tmp_path, fsync=fsync["fsync"])
