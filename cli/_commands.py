@@ -70,8 +70,9 @@ def compact(args: Any, settings: reconcile.Settings) -> int:
                 ),
                 (
                     "over the bound",
-                    f"{plural(report.over_bound, 'entry', 'entries')}: unsettled observations "
-                    "are never evicted (once the database answers, the reconciler settles them)"
+                    f"{plural(report.over_bound, 'entry', 'entries')}: never evicted are "
+                    "unsettled observations (the reconciler settles them once the database "
+                    "answers) and what was written while the compaction ran"
                     if report.over_bound
                     else None,
                 ),
