@@ -89,7 +89,8 @@ def trim(
         evictable = [
             r
             for r in group
-            if r["type"] not in kept_types and (horizon is None or r["ts"] < horizon)
+            if (horizon is None or r["ts"] < horizon)
+            and not (kept_types and r["type"] in kept_types)
         ]
         evictable.sort(key=lambda r: (r["ts"], r["id"]))
         for record in evictable[:excess]:
