@@ -36,6 +36,7 @@ __all__ = [
     "dump_json",
     "ensure_dir",
     "ensure_home",
+    "event_id_next_to",
     "event_time_us",
     "fold",
     "history",
@@ -68,6 +69,7 @@ _WHERE = {
     "home_refusal": "_hit",
     "path_refusal": "_hit",
     "Writer": "_writer",
+    "event_id_next_to": "_codec",
     "event_time_us": "_hit",
     "parse_json": "_hit",
     "dump_json": "_json",
@@ -101,6 +103,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from journal._codec import event_id_next_to
     from journal._compact import Retention, compact
     from journal._errors import (
         CompactionIncompleteError,

@@ -277,8 +277,10 @@ def settle_one(
     outcome_data: dict[str, Any] = {"identity": fields, "session_id": session_id}
     if not values_ok or not any(fields.values()) or not isinstance(session_id, str):
         return _reject(writer, record, outcome_data, "invalid identity or session id")
-    # The outcome sorts after the observation it answers, whatever the clocks did.
-    event_id = journal.new_event_id(after=record.id)
+    # The outcome sorts right after the observation it answers, whatever the clocks did,
+    # and before any later observation of the key: one journaled while this run settled
+    # the observations it read before must stay the latest, to be settled in turn.
+    event_id = journal.event_id_next_to(record.id)
     try:
         decision = decide(
             conn,
@@ -302,7 +304,7 @@ def _reject(writer: journal.Writer, record: journal.Record, data: dict[str, Any]
     safe = {"identity": None, "session_id": None, "observation": record.id, "error": why[:300]}
     if valid_value(data.get("session_id")):
         safe["session_id"] = data["session_id"]
-    _append(writer, record.key, safe, REJECTED, journal.new_event_id(after=record.id))
+    _append(writer, record.key, safe, REJECTED, journal.event_id_next_to(record.id))
     return "rejected"
 
 

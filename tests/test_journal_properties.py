@@ -225,6 +225,17 @@ def test_event_ids_encode_their_microsecond_exactly(us):
     assert timestamp(event_id) < timestamp(_uuid7(us + 1))  # one microsecond is visible
 
 
+@given(st.integers(min_value=0, max_value=(1 << 48) * 1000 - 2))
+def test_an_answer_sorts_between_its_question_and_anything_issued_after_it(us):
+    question = _uuid7(us)
+    answer = journal.event_id_next_to(question)
+    clock = Clock()  # another process's, told of the question (a hook's observation)
+    clock.advance(question)
+    later = clock.next()
+    assert is_event_id(answer) and timestamp(answer) == timestamp(question)
+    assert question < answer < later
+
+
 @given(st.binary(max_size=600))
 def test_decode_never_raises(data):
     record, reason = decode(data)

@@ -399,3 +399,34 @@ def wait_for(condition: object, message: str, deadline_s: float = 180.0) -> None
     while not condition():  # type: ignore[operator]
         assert time.monotonic() < give_up, message
         time.sleep(0.05)
+
+
+def test_an_observation_journaled_while_the_reconciler_works_is_settled_too(tmp_path, db):
+    """A reconciler settles the observations it read one after the other. A newer session
+    of a key it has not reached yet, observed meanwhile, must stay the latest record of
+    that key: the older one's outcome sorts right after the older one, not at the time it
+    was settled, or it would shadow the newer for good (the row left on the older
+    session). Found by the demo under load; here the window is held open by locking the
+    first executor's row, so the order is forced, not hoped for."""
+    executors(db, 3)
+    home = tmp_path / "home"
+    lock = hold_lock(home)  # the first observations are journaled, not yet settled
+    run_hook(home, db, {"session_id": "a-0"}, RECONCILE_EXECUTOR_ID="e-0")
+    run_hook(home, db, {"session_id": "a-1"}, RECONCILE_EXECUTOR_ID="e-1")
+    with psycopg.connect(db) as blocker:
+        blocker.execute("SELECT 1 FROM executors WHERE id = 'e-0' FOR UPDATE")
+        os.close(lock)
+        run_hook(home, db, {"session_id": "a-2"}, RECONCILE_EXECUTOR_ID="e-2")  # starts one
+        give_up = time.monotonic() + 180
+        while not query(
+            db,
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = 'reconcile-reconciler' "
+            "AND wait_event_type = 'Lock'",
+        ):  # it read a-0, a-1 and a-2, and waits on e-0's row
+            assert time.monotonic() < give_up, "the reconciler never reached e-0's row"
+            time.sleep(0.05)
+        run_hook(home, db, {"session_id": "b-1"}, RECONCILE_EXECUTOR_ID="e-1")  # newer
+        blocker.rollback()
+    wait_settled(home)
+    assert [session_of(db, f"e-{i}") for i in range(3)] == ["a-0", "b-1", "a-2"]
+    assert [r[3]["new_session_id"] for r in audit_rows(db, "e-1")][-1] == "b-1"
