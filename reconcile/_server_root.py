@@ -122,11 +122,16 @@ def _home_gone(server: Path) -> bool:
     try:
         home, device = (server / _HOME_RECORD).read_text().split("\n")[:2]
         recorded = int(device)
+    except (OSError, ValueError):
+        # No record: an older version's server, one being created by another process
+        # (its record comes next), or one another process collected meanwhile.
+        return False
+    try:
         os.lstat(home)
     except FileNotFoundError:
         pass  # the state directory is not there: is its file system?
-    except (OSError, ValueError):
-        return False  # no record, a record of an older version, or it is there
+    except OSError:
+        return False  # it cannot be looked at: kept
     else:
         return False
     parent = os.path.dirname(home)

@@ -408,3 +408,24 @@ def test_a_program_squatting_on_the_port_cannot_pose_as_the_server(home):
         assert "server did not complete authentication" in refused(url)
         squatter.join(timeout=60)
     assert any(b"user\0postgres" in body for body in requests)  # it was asked, and failed
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="servers live under /var/lib/reconcile-pg as root")
+def test_a_server_directory_without_its_record_yet_is_kept_by_another_up(home):
+    """Two state directories' ``db up`` at once, as root: one creates its server's
+    directory, the other collects servers whose state directory is gone. A directory
+    whose record is not written yet (or was just collected by a third) is kept, and the
+    collector goes on (it raised UnboundLocalError when two test sessions shared the
+    machine)."""
+    from reconcile import _server_root
+
+    _server_root.SERVER_ROOT.mkdir(parents=True, exist_ok=True)
+    newborn = Path(tempfile.mkdtemp(prefix="newborn-", dir=_server_root.SERVER_ROOT))
+    try:
+        assert _server.up(home)  # runs the collector over every server directory
+        assert newborn.is_dir()
+        assert newborn not in _server_root.collect(keep=Path("/nonexistent"))
+        assert newborn.is_dir()
+    finally:
+        shutil.rmtree(newborn, ignore_errors=True)
+        _server.remove(home)
