@@ -353,8 +353,8 @@ def run_hook(env: "Mapping[str, str] | None" = None, argv: "list[str] | None" = 
     env = environ() if env is None else env
     argv = sys.argv[2:] if argv is None else argv
     real_stdout = sys.stdout
-    sys.stdout = open("/dev/null", "w")  # noqa: SIM115 - nothing may reach Claude Code's stdout
     try:
+        sys.stdout = open("/dev/null", "w")  # noqa: SIM115 - nothing may reach Claude Code
         sync = "--sync" in argv or (env.get("RECONCILE_SYNC") or "").strip().lower() in _TRUE
         outcome = handle(env, _read_stdin(), sync=sync)
         # Silent for a hit and when no identity is set at all (a session the orchestrator
@@ -370,7 +370,8 @@ def run_hook(env: "Mapping[str, str] | None" = None, argv: "list[str] | None" = 
     except BaseException as exc:  # the hook never fails Claude Code, whatever happens
         _log(env, "error", "hook.failed", error=f"{type(exc).__name__}: {exc}"[:500])
     finally:
-        sys.stdout.close()
+        if sys.stdout is not real_stdout:
+            sys.stdout.close()
         sys.stdout = real_stdout
     return 0
 
