@@ -6,6 +6,7 @@ the database, so tests that look at the database wait for it (``wait_settled``).
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from reconcile_helpers import (
     clean_env,
     cli,
     command_line_database,
+    default_hook,
     reconcile_command,
     seed,
     session_of,
@@ -190,3 +192,24 @@ def test_hooks_start_a_background_compaction_past_the_threshold(tmp_path, databa
     assert query(database_url, "SELECT count(*) FROM executors WHERE claude_session_id = 's'")[
         0
     ] == (5,)
+
+
+@pytest.mark.skipif(
+    shutil.which("strace") is None, reason="strace is not installed (.ci/run installs it)"
+)
+def test_hook_that_cannot_open_dev_null_still_exits_0_and_says_why(home, db):
+    """The hook silences its stdout by opening /dev/null; a system where that open fails
+    (EACCES injected by strace into every open of that path) still gets exit 0 and
+    nothing on stdout or stderr from the hook, and the reason in the log."""
+    strace = ["strace", "-f", "-qq", "-o", "/dev/null", "-P", "/dev/null", "-e", "trace=openat"]
+    done = subprocess.run(
+        [*strace, "-e", "inject=openat:error=EACCES", *default_hook()],
+        input=b'{"session_id": "s-1"}',
+        capture_output=True,
+        env=clean_env(
+            RECONCILE_HOME=str(home), RECONCILE_DATABASE_URL=db, RECONCILE_EXECUTOR_ID="e-1"
+        ),
+        timeout=120,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+    assert "PermissionError" in wait_for_log(home, "hook.failed")
