@@ -26,6 +26,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent  # the project: children import from here
 
 
+def fresh_database(admin_url: str, name: str) -> str:
+    """Drop the database ``name`` if a former run left it, create it empty, return its URL
+    (the admin URL with ``dbname`` replaced)."""
+    import psycopg  # loaded only when asked: see above
+    from psycopg.conninfo import make_conninfo
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
+    return make_conninfo(admin_url, dbname=name)
+
+
 def hook_argv() -> list[str]:
     """The hook exactly as ``reconcile install-hooks`` writes it for this environment (its
     default command: ``<env>/bin/python -S <env>/bin/reconcile hook``), so that a benchmark

@@ -45,7 +45,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks._harness import ROOT, machine, table
+from benchmarks._harness import ROOT, fresh_database, machine, table
 from reconcile import migrate
 
 # The sandbox and the fake server are the end-to-end suite's: one harness for both.
@@ -132,12 +132,8 @@ def main() -> None:
 def prepare(admin: str) -> str:
     """A fresh database with the schema and one executor per install."""
     import psycopg
-    from psycopg.conninfo import make_conninfo
 
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DATABASE}")
-    url = make_conninfo(admin, dbname=DATABASE)
+    url = fresh_database(admin, DATABASE)
     with psycopg.connect(url, autocommit=True) as conn:
         migrate(conn, create_tables=True)
         for n in range(len(INSTALLS)):

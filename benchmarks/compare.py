@@ -24,7 +24,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 import journal
-from benchmarks._harness import interleaved, machine, percentile, run_child
+from benchmarks._harness import fresh_database, interleaved, machine, percentile, run_child
 from journal._codec import Clock, encode
 from journal._fold import apply, trim
 from reconcile import database_activity, migrate
@@ -74,10 +74,7 @@ class Bench:
 
     def database(self, name: str, executors: int) -> str:
         """A fresh database: agents a-i, each running executor e-i (no session yet)."""
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            conn.execute(f"CREATE DATABASE {name}")
-        url = make_conninfo(self.admin_url, dbname=name)
+        url = fresh_database(self.admin_url, name)
         with psycopg.connect(url, autocommit=True) as conn:
             migrate(conn, create_tables=True)
             with conn.cursor() as cur:

@@ -44,7 +44,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import reconcile
-from benchmarks._harness import hook_argv, typed_hook_argv
+from benchmarks._harness import fresh_database, hook_argv, typed_hook_argv
 
 DATABASE = "reconcile_bench_paths"
 
@@ -116,10 +116,7 @@ def _pipe(source: socket.socket, sink: socket.socket) -> None:
 
 
 def prepare(admin_url: str, executors: int) -> str:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DATABASE}")
-    url = make_conninfo(admin_url, dbname=DATABASE)
+    url = fresh_database(admin_url, DATABASE)
     with psycopg.connect(url, autocommit=True) as conn:
         reconcile.migrate(conn, create_tables=True)
         with conn.cursor() as cur:

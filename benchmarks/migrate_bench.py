@@ -25,7 +25,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 import reconcile
-from benchmarks._harness import percentile
+from benchmarks._harness import fresh_database, percentile
 
 SCHEMA = """
 CREATE TABLE agents (id text PRIMARY KEY, custom_name text, team text,
@@ -126,10 +126,7 @@ class Writers:
 
 
 def database(admin: str, name: str, rows: int) -> str:
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name}")
-    url = make_conninfo(admin, dbname=name)
+    url = fresh_database(admin, name)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(SCHEMA)
         conn.execute(LOAD, (rows,))

@@ -24,6 +24,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 import journal
+from benchmarks._harness import fresh_database
 from reconcile import Settings, configure_logging, database_activity, migrate, observe, settle
 
 DATABASE = "reconcile_miss_bench"
@@ -48,12 +49,7 @@ def old_miss(url: str, agent_id: str, session_id: str) -> None:
 
 
 def prepare(admin_url: str) -> str:
-    from psycopg.conninfo import make_conninfo
-
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DATABASE}")
-    url = make_conninfo(admin_url, dbname=DATABASE)
+    url = fresh_database(admin_url, DATABASE)
     with psycopg.connect(url, autocommit=True) as conn:
         migrate(conn, create_tables=True)
         conn.execute("INSERT INTO agents VALUES ('a-new', 'new', 'bench', 'e-new')")
