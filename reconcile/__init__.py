@@ -46,6 +46,8 @@ __all__ = [
     "SchemaError",
     "SchemaState",
     "ServerError",
+    "ServerOrphan",
+    "ServerRemoval",
     "ServerStatus",
     "Settings",
     "VerifyReport",
@@ -76,7 +78,10 @@ __all__ = [
     "schema_state",
     "server_binaries",
     "server_down",
+    "server_orphans",
     "server_remove",
+    "server_remove_orphans",
+    "server_removal",
     "server_status",
     "server_up",
     "server_url",
@@ -152,10 +157,15 @@ _WHERE = {
     "migrate": ("_schema", "migrate"),
     "migration_connection": ("_schema", "migration_connection"),
     "schema_state": ("_schema", "schema_state"),
+    "ServerOrphan": ("_server_root", "Orphan"),
+    "ServerRemoval": ("_server", "ServerRemoval"),
     "ServerStatus": ("_server", "ServerStatus"),
     "server_binaries": ("_server", "binaries"),
     "server_down": ("_server", "down"),
+    "server_orphans": ("_server", "orphans"),
     "server_remove": ("_server", "remove"),
+    "server_remove_orphans": ("_server", "remove_orphans"),
+    "server_removal": ("_server", "removal"),
     "server_status": ("_server", "status"),
     "server_up": ("_server", "up"),
     "server_url": ("_server", "url"),
@@ -241,13 +251,17 @@ if TYPE_CHECKING:
         verify,
     )
     from reconcile._schema import SchemaState, migrate, migration_connection, schema_state
-    from reconcile._server import ServerStatus
+    from reconcile._server import ServerRemoval, ServerStatus
     from reconcile._server import binaries as server_binaries
     from reconcile._server import down as server_down
+    from reconcile._server import orphans as server_orphans
+    from reconcile._server import removal as server_removal
     from reconcile._server import remove as server_remove
+    from reconcile._server import remove_orphans as server_remove_orphans
     from reconcile._server import status as server_status
     from reconcile._server import up as server_up
     from reconcile._server import url as server_url
+    from reconcile._server_root import Orphan as ServerOrphan
     from reconcile._settings import Settings, redact_url
     from reconcile._store import (
         Decision,

@@ -12,8 +12,11 @@ A cluster made by an older version, with trust authentication, is secured by the
 ``up`` (stopped first if it runs: it must not serve another connection unauthenticated).
 
 Under root the server runs as ``reconcile-pg`` from a directory of its own under
-``/var/lib/reconcile-pg`` (:mod:`reconcile._server_root`): no directory of the user's
-changes mode, and ``down`` leaves everything as it found it.
+``/var/lib/reconcile-pg``, named by the state directory's server id so that it follows
+the state directory when moved (:mod:`reconcile._server_root`): no directory of the
+user's changes mode, and ``down`` leaves everything as it found it. Nothing is deleted
+but by :func:`remove` and :func:`remove_orphans`, which ``reconcile db remove`` runs
+only when told ``--yes``.
 """
 
 from __future__ import annotations
@@ -59,6 +62,16 @@ class ServerStatus:
     data_dir: str
 
 
+@attrs.frozen
+class ServerRemoval:
+    """What :func:`remove` would delete (``reconcile db remove`` lists it first)."""
+
+    paths: tuple[str, ...]  # those that exist: pg/ and, under root, the server's directory
+    data_dir: str
+    database: bool  # whether the data directory holds a cluster
+    running: bool  # whether it runs (remove stops it first)
+
+
 def up(home: Path, settings: Sequence[str] = ()) -> str:
     """Initialise (once) and start the server if needed; return the database URL.
 
@@ -70,7 +83,7 @@ def up(home: Path, settings: Sequence[str] = ()) -> str:
     """
     paths = _paths(home)
     with _locked(paths):
-        user = _prepare(paths)
+        paths, user = _ready(home)
         if paths.legacy:
             assert user is not None  # only root's layout moves
             paths = _move_legacy(paths, user)
@@ -105,23 +118,49 @@ def down(home: Path) -> bool:
     with _locked(paths):
         if _running_pid(paths) is None:
             return False
-        _stop(paths, _prepare(paths))
+        paths, user = _ready(home)
+        _stop(paths, user)
         return True
 
 
 def remove(home: Path) -> bool:
     """Stop the server and delete it, data and all (``pg/`` and, under root, its
-    directory under ``/var/lib/reconcile-pg``); False if there was nothing to delete."""
+    directory under ``/var/lib/reconcile-pg``); False if there was nothing to delete.
+    :func:`removal` says what that is, beforehand."""
     paths = _paths(home)
     if not paths.pg.is_dir() and not paths.server.is_dir():
         return False
     with _locked(paths):
         if _running_pid(paths) is not None:
-            _stop(paths, _prepare(paths))
+            paths, user = _ready(home)
+            _stop(paths, user)
         if paths.server != paths.pg:
             shutil.rmtree(paths.server, ignore_errors=True)
         shutil.rmtree(paths.pg, ignore_errors=True)  # the lock file too: held, harmless
     return True
+
+
+def removal(home: Path) -> ServerRemoval:
+    """What :func:`remove` would delete for ``home``; reads, changes nothing."""
+    paths = _paths(home)
+    found = [path for path in dict.fromkeys((paths.pg, paths.server)) if path.is_dir()]
+    return ServerRemoval(
+        paths=tuple(str(path) for path in found),
+        data_dir=str(paths.data),
+        database=_initialized(paths),
+        running=_running_pid(paths) is not None,
+    )
+
+
+def orphans() -> list[root.Orphan]:
+    """Root's servers whose state directory is seen to be gone (none for other users:
+    their server lives in the state directory); reads, deletes nothing."""
+    return root.orphans() if os.geteuid() == 0 else []
+
+
+def remove_orphans() -> list[root.Orphan]:
+    """Delete what :func:`orphans` finds (each checked again just before); return it."""
+    return root.remove_orphans() if os.geteuid() == 0 else []
 
 
 def status(home: Path) -> ServerStatus:
@@ -191,6 +230,8 @@ class _Paths:
     ``server.log``): ``pg`` itself, or under root one under ``/var/lib/reconcile-pg``.
     ``legacy``: under root, a cluster an older version left in ``pg/data``; ``data``
     and ``log`` then name it, until :func:`up` moves it to ``server``.
+    Under root, a state directory with no server yet (no id, no older version's server
+    for its path) has ``server`` = ``pg``: nothing of it under ``/var/lib/reconcile-pg``.
     """
 
     pg: Path
@@ -210,7 +251,9 @@ def _paths(home: Path) -> _Paths:
     pg = Path(home).absolute() / "pg"
     if os.geteuid() != 0:
         return _Paths(pg=pg, server=pg, data=pg / "data", log=pg / "server.log")
-    server = root.server_dir(home)
+    server = root.server_dir(home)  # refuses a copy of another state directory
+    if server is None:  # no server yet; at most an older version's cluster in pg/data
+        return _Paths(pg=pg, server=pg, data=pg / "data", log=pg / "server.log")
     legacy = (pg / "data" / "PG_VERSION").exists() and not (server / "data").exists()
     if legacy:
         return _Paths(pg=pg, server=server, data=pg / "data", log=pg / "server.log", legacy=True)
@@ -260,17 +303,21 @@ def _locked(paths: _Paths) -> Iterator[None]:
         os.close(fd)
 
 
-def _prepare(paths: _Paths) -> pwd.struct_passwd | None:
-    """Under root: the server's user and directory, ready. None otherwise (we are it)."""
+def _ready(home: Path) -> tuple[_Paths, pwd.struct_passwd | None]:
+    """The paths to run the server with, and its user: under root, ``reconcile-pg``, with
+    the state directory's server id chosen if it had none, and the server's directory
+    made and recorded as this state directory's; None otherwise (we are the user).
+    Under ``pg/lock``. Deletes nothing, of this server or of any other."""
     if os.geteuid() != 0:
-        return None
+        return _paths(home), None
     user = root.service_user()
+    root.assign_id(home)
+    paths = _paths(home)
     try:
         root.prepare(paths.pg.parent, paths.server, user)
-        root.collect(keep=paths.server)
     except OSError as exc:
         raise ServerError(f"cannot prepare {paths.server}: {exc}") from None
-    return user
+    return paths, user
 
 
 def _move_legacy(paths: _Paths, user: pwd.struct_passwd) -> _Paths:

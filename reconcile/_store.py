@@ -24,7 +24,12 @@ import attrs
 import psycopg
 from psycopg.types.json import Jsonb
 
-from reconcile._errors import DatabaseUnavailableError, MissingSchemaError, RejectedError
+from reconcile._errors import (
+    DatabaseUnavailableError,
+    MissingSchemaError,
+    RejectedError,
+    ServerError,
+)
 from reconcile._settings import Settings, redact_url
 
 TERMINAL_STATES = ("done", "error", "terminated")
@@ -162,7 +167,10 @@ def resolve_url(settings: Settings) -> str:
         return settings.database_url
     from reconcile._server import url
 
-    found = url(settings.home)
+    try:
+        found = url(settings.home)
+    except ServerError as exc:  # a copy of another state directory: no database for it
+        raise DatabaseUnavailableError(str(exc)) from None
     if found is None:
         raise DatabaseUnavailableError(
             "no database: set RECONCILE_DATABASE_URL or start the embedded one "

@@ -184,7 +184,7 @@ def test_db_up_migrates_the_embedded_database():
     finally:
         from reconcile import _server
 
-        _server.down(home)
+        _server.remove(home)  # as root, its data lives outside base
         subprocess.run(["rm", "-rf", str(base)], check=False)
 
 

@@ -411,20 +411,20 @@ def test_a_program_squatting_on_the_port_cannot_pose_as_the_server(home):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="servers live under /var/lib/reconcile-pg as root")
-def test_a_server_directory_without_its_record_yet_is_kept_by_another_up(home):
-    """Two state directories' ``db up`` at once, as root: one creates its server's
-    directory, the other collects servers whose state directory is gone. A directory
-    whose record is not written yet (or was just collected by a third) is kept, and the
-    collector goes on (it raised UnboundLocalError when two test sessions shared the
-    machine)."""
+def test_a_server_directory_without_its_record_yet_is_no_orphan(home):
+    """A server directory whose record is not written yet (another state directory's
+    `db up` is making it) is left alone by every `up`, and is not an orphan: `db remove
+    --orphans` neither lists nor removes it (the collector raised UnboundLocalError on one
+    when two test sessions shared the machine)."""
     from reconcile import _server_root
 
     _server_root.SERVER_ROOT.mkdir(parents=True, exist_ok=True)
     newborn = Path(tempfile.mkdtemp(prefix="newborn-", dir=_server_root.SERVER_ROOT))
     try:
-        assert _server.up(home)  # runs the collector over every server directory
+        assert _server.up(home)
         assert newborn.is_dir()
-        assert newborn not in _server_root.collect(keep=Path("/nonexistent"))
+        assert str(newborn) not in {o.server for o in _server_root.orphans()}
+        assert str(newborn) not in {o.server for o in _server_root.remove_orphans()}
         assert newborn.is_dir()
     finally:
         shutil.rmtree(newborn, ignore_errors=True)
