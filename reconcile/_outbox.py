@@ -38,8 +38,8 @@ _FALSE = ("0", "false", "no", "off")
 _LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_MODE = 0o600
 
-# What the detached processes run. Each is a fresh interpreter with the hook's
-# environment; the package's own directory leads PYTHONPATH (see _child_env).
+# What the detached processes run: a fresh interpreter, isolated from the directory the
+# hook runs in (the user's project) and from PYTHON* variables; see _isolated.
 _RECONCILER = "import sys; from reconcile import run_reconciler; sys.exit(run_reconciler(sys.argv))"
 # The compactor pins the record types it is given (argv[3:]): unsettled observations,
 # which only the journal remembers, are never evicted.
@@ -165,7 +165,7 @@ def ensure_reconciler(home: str, env: Mapping[str, str], *, now_s: float | None 
     if fd is None:
         return "running"
     try:
-        spawn([sys.executable, "-c", _RECONCILER, str(fd)], env, keep_fd=fd)
+        spawn(_isolated(home, _RECONCILER, str(fd)), env, keep_fd=fd)
     except OSError:
         return "failed"
     finally:
@@ -196,7 +196,8 @@ def maybe_compact(home: str, env: Mapping[str, str]) -> bool:
     except ValueError:
         max_entries = "1000"
     try:
-        spawn([sys.executable, "-c", _COMPACTOR, home, max_entries, *UNSETTLED], env)
+        home = os.path.abspath(home)  # the child runs elsewhere
+        spawn(_isolated(home, _COMPACTOR, home, max_entries, *UNSETTLED), env)
     except OSError:
         return False
     return True
@@ -215,17 +216,31 @@ def spawn(argv: list[str], env: Mapping[str, str], *, keep_fd: int | None = None
     if keep_fd is not None:
         os.set_inheritable(keep_fd, True)
     try:
-        return os.posix_spawn(argv[0], argv, _child_env(env), file_actions=actions, setsid=True)
+        return os.posix_spawn(argv[0], argv, dict(env), file_actions=actions, setsid=True)
     finally:
         if keep_fd is not None:
             os.set_inheritable(keep_fd, False)
 
 
-def _child_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The hook's environment, with this package's directory first on PYTHONPATH (the hook
-    may run without ``site``, or from a checkout)."""
+def _isolated(home: str, code: str, *args: str) -> list[str]:
+    """The command line that runs ``code`` in a fresh interpreter that imports our
+    environment and nothing else (docs/architecture.md, "What the hook runs").
+
+    ``-I``: no script or working directory on ``sys.path`` (``python -c`` would put the
+    user's project first, ahead of the standard library), no ``PYTHON*`` variable, no
+    user site. ``-S``: no ``site``, so no ``.pth`` file or ``sitecustomize`` runs. Our
+    packages' directory and this process's own import path (absolute entries only, and
+    never the working directory) are appended after the standard library, and the child
+    moves to ``home`` before it imports anything of ours.
+    """
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    child = dict(env)
-    existing = child.get("PYTHONPATH")
-    child["PYTHONPATH"] = root if not existing else root + os.pathsep + existing
-    return child
+    try:
+        cwd = os.getcwd()
+    except OSError:  # removed under us: nothing of it can be on the path anyway
+        cwd = ""
+    path = [root]
+    for entry in sys.path:
+        if entry.startswith("/") and entry != cwd and entry not in path:
+            path.append(entry)
+    prelude = f"import os, sys; os.chdir({os.path.abspath(home)!r}); sys.path += {path!r}; "
+    return [sys.executable, "-I", "-S", "-c", prelude + code, *args]
