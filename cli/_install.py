@@ -33,9 +33,10 @@ Installing replaces every such entry (so an upgrade drops a PreToolUse entry wri
 before); ``--uninstall`` removes them all.
 
 Careful with a file the user owns: every other key and every foreign hook is kept, a
-backup is written, and the new file replaces the old atomically with the old mode. A file
-that is not valid JSON is left untouched and reported; a missing file stays missing on
-``--uninstall``.
+backup is written as a new file (never through a link, never over an earlier backup), and
+the new file replaces the old atomically with the old mode; a ``settings.json`` that is a
+link is written through, to the file it names. A file that is not valid JSON is left
+untouched and reported; a missing file stays missing on ``--uninstall``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -111,8 +113,10 @@ def run(args: Any, settings: Settings) -> int:
     elif updated == current and path.exists():
         print(f"{path}: already {'without' if args.uninstall else 'with'} the hook")
     else:
-        _write(path, text)
+        backup = _write(path, text)
         print(f"{path}: " + (f"{removed} hook entries removed" if plan is None else "installed"))
+        if backup is not None:
+            print(f"  what was there before: {backup}")
     if plan is not None:
         for line in plan.describe():
             print(f"  {line}", file=sys.stderr if args.dry_run else sys.stdout)
@@ -352,20 +356,77 @@ def _read(path: Path) -> dict[str, Any]:
     return data
 
 
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if path.exists():
-        shutil.copy2(path, path.with_name(path.name + ".bak"))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _write(path: Path, text: str) -> Path | None:
+    """Replace the settings at ``path`` by ``text``; return the backup made, if one was.
+
+    A ``path`` that is a link (into a dotfiles repository, say) is written through: the
+    file it names is replaced, atomically in its own directory and with its mode, and the
+    link stays. The backup of what was there is a new file beside ``path``
+    (:func:`_backup`).
+    """
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    backup = _backup(target, path.parent) if target.exists() else None
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as stream:
             stream.write(text)
             stream.flush()
+            if target.exists():
+                os.fchmod(stream.fileno(), target.stat().st_mode & 0o777)
             os.fsync(stream.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o777)
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    return backup
+
+
+_BACKUPS_MAX = 100
+
+
+def _backup(source: Path, directory: Path) -> Path:
+    """A copy of ``source`` in a new file of ``directory``: ``<name>.bak``, else the first
+    free ``<name>.bak.N``, or an existing one (not a link) that holds the same bytes.
+
+    Created with ``O_EXCL | O_NOFOLLOW``: a link planted under a backup's name (a
+    repository's ``.claude/settings.json.bak`` pointing at the user's global settings) is
+    never followed, and no earlier backup, which may be the only copy of what the user
+    had before the first install, is ever overwritten.
+    """
+    with open(source, "rb") as stream:
+        content = stream.read()
+        mode = os.fstat(stream.fileno()).st_mode & 0o777
+    stem = f"{source.name}.bak"
+    for n in range(_BACKUPS_MAX):
+        backup = directory / (stem if n == 0 else f"{stem}.{n}")
+        try:
+            fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            if _holds(backup, content):
+                return backup
+            continue
+        try:
+            os.fchmod(fd, mode)
+            os.write(fd, content)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return backup
+    raise ReconcileError(
+        f"{directory} holds {_BACKUPS_MAX} backups of {source.name} already: "
+        "remove the ones you do not need; unchanged"
+    )
+
+
+def _holds(path: Path, content: bytes) -> bool:
+    """Whether ``path`` is a regular file (not a link) holding exactly ``content``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as stream:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        return stream.read(len(content) + 1) == content

@@ -258,3 +258,66 @@ def test_warns_when_the_program_is_not_on_path(tmp_path):
     assert b"'reconcile' is not on PATH" in not_found.stderr
     default = install(settings, "--claude-version", NEW, path="/usr/bin:/bin")
     assert default.returncode == 0 and default.stderr == b""  # absolute paths: no PATH lookup
+
+
+def test_a_backup_never_follows_a_link_a_repository_planted(tmp_path):
+    """A repository ships ``.claude/settings.json`` and, beside it, ``settings.json.bak``
+    as a link to the user's global settings. Installing for that project leaves the
+    global settings as they were and the link where it was; the backup is a new file.
+    Fails before 'install-hooks: a backup is a new file': the copy followed the link."""
+    user = tmp_path / "user-claude" / "settings.json"
+    user.parent.mkdir()
+    mine = {"model": "opus", "hooks": {"Stop": [{"hooks": [{"type": "command", "command": "x"}]}]}}
+    user.write_text(json.dumps(mine))
+    project = tmp_path / "repo" / ".claude"
+    project.mkdir(parents=True)
+    theirs = {"hooks": {"SessionStart": [{"hooks": [{"type": "command", "command": "evil"}]}]}}
+    (project / "settings.json").write_text(json.dumps(theirs))
+    (project / "settings.json.bak").symlink_to(user)
+    done = install(project / "settings.json", "--claude-version", NEW)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(user.read_text()) == mine
+    assert os.readlink(project / "settings.json.bak") == str(user)
+    assert json.loads((project / "settings.json.bak.1").read_text()) == theirs
+    assert str(project / "settings.json.bak.1").encode() in done.stdout
+
+
+def test_the_first_backup_is_never_overwritten(tmp_path):
+    """install, uninstall, an edit of the user's, install again: ``settings.json.bak``
+    still holds what was there before the first install; each other state has a backup
+    of its own, and an unchanged file is not backed up twice."""
+    settings = tmp_path / "settings.json"
+    original = {"model": "opus"}
+    settings.write_text(json.dumps(original, indent=2) + "\n")  # as uninstall writes it back
+    for args in (("--claude-version", NEW), ("--uninstall",), ("--claude-version", NEW)):
+        assert install(settings, *args).returncode == 0
+    edited = {**json.loads(settings.read_text()), "theme": "dark"}
+    settings.write_text(json.dumps(edited))
+    assert install(settings, "--uninstall").returncode == 0
+    assert json.loads((tmp_path / "settings.json.bak").read_text()) == original
+    backups = sorted(p.name for p in tmp_path.iterdir() if ".bak" in p.name)
+    assert backups == ["settings.json.bak", "settings.json.bak.1", "settings.json.bak.2"]
+    assert json.loads((tmp_path / "settings.json.bak.2").read_text()) == edited
+
+
+def test_settings_kept_as_a_link_are_written_through_it(tmp_path):
+    """``~/.claude/settings.json`` as a link into a dotfiles repository (stow, chezmoi,
+    home-manager): the file it names gets the hook, with its mode; the link stays a link,
+    and the backup lies beside the link, not in the dotfiles."""
+    dotfiles = tmp_path / "dotfiles" / "claude"
+    dotfiles.mkdir(parents=True)
+    real = dotfiles / "settings.json"
+    real.write_text(json.dumps({"model": "opus"}))
+    os.chmod(real, 0o640)
+    claude = tmp_path / "home" / ".claude"
+    claude.mkdir(parents=True)
+    link = claude / "settings.json"
+    link.symlink_to("../../dotfiles/claude/settings.json")
+    assert install(link, "--claude-version", NEW).returncode == 0
+    assert os.readlink(link) == "../../dotfiles/claude/settings.json"
+    assert hooks_of(real)["SessionStart"][0]["hooks"] == [MARKED]
+    assert stat.S_IMODE(real.stat().st_mode) == 0o640
+    assert json.loads((claude / "settings.json.bak").read_text()) == {"model": "opus"}
+    assert sorted(os.listdir(dotfiles)) == ["settings.json"]
+    assert install(link, "--uninstall").returncode == 0
+    assert json.loads(real.read_text()) == {"model": "opus"} and link.is_symlink()
