@@ -1,12 +1,13 @@
 """The ``reconcile`` command line (every command but the hook's fast path).
 
-Exit codes (docs/operations.md): 0 ok, 1 verification failed or no such entry, 2 usage
-error, 3 environment error (database needed and unreachable, unusable state directory,
-...), 141 output pipe closed by its reader (``reconcile replay | head``: the status a
-program killed by SIGPIPE has, so ``set -o pipefail`` sees what it sees with any Unix
-tool; nothing is printed). Errors, usage errors included, are one line on stderr; ``-v``
-adds the traceback and human logs on stderr. ``reconcile hook`` exits 0 whatever its
-arguments: Claude Code treats a hook's exit 2 as "block this tool call".
+Exit codes (docs/operations.md): 0 ok, 1 verification failed, no such entry, or ``db
+remove`` without ``--yes`` (it lists what it would remove), 2 usage error, 3 environment
+error (database needed and unreachable, unusable state directory, ...), 141 output pipe
+closed by its reader (``reconcile replay | head``: the status a program killed by SIGPIPE
+has, so ``set -o pipefail`` sees what it sees with any Unix tool; nothing is printed).
+Errors, usage errors included, are one line on stderr; ``-v`` adds the traceback and
+human logs on stderr. ``reconcile hook`` exits 0 whatever its arguments: Claude Code
+treats a hook's exit 2 as "block this tool call".
 """
 
 from __future__ import annotations
@@ -97,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", action="store_true", help="compare with the database too")
     p.add_argument("--json", action="store_true")
 
-    p = command("db", _db.db, "the database: migrate|up|down|status|url")
-    p.add_argument("action", choices=["migrate", "up", "down", "status", "url"])
+    p = command("db", _db.db, "the database: migrate|up|down|status|url|remove")
+    p.add_argument("action", choices=["migrate", "up", "down", "status", "url", "remove"])
     p.add_argument(
         "--create-tables",
         action="store_true",
@@ -106,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true")
     p.add_argument("--show-password", action="store_true", help="(url) the password itself")
+    p.add_argument(
+        "--orphans",
+        action="store_true",
+        help="(remove) root's servers whose state directory is gone, not this one's",
+    )
+    p.add_argument("--yes", action="store_true", help="(remove) remove what is listed")
 
     p = command(
         "install-hooks", _install.run, "add the hook to Claude Code's settings.json", home=False

@@ -1,4 +1,5 @@
-"""``reconcile db migrate|up|down|status|url``: the database's schema and the embedded server.
+"""``reconcile db migrate|up|down|status|url|remove``: the database's schema and the embedded
+server.
 
 ``db up`` starts the embedded server and migrates it: that database is the tool's own, so
 its tables are created with it and the first hook finds them. Its stdout is the URL alone
@@ -6,10 +7,16 @@ its tables are created with it and the first hook finds them. Its stdout is the 
 (``RECONCILE_DATABASE_URL``) is migrated only by an explicit ``db migrate``, which
 creates the orchestrator's tables only with ``--create-tables`` (docs/operations.md,
 "Beside an orchestrator").
+
+``db remove`` deletes the embedded server, data and all, and nothing else deletes one: it
+lists what it would remove, and removes it only with ``--yes`` (exit 1 without, so a
+script cannot mistake the listing for the deed). ``--orphans``: root's servers whose
+state directory is gone, instead of this state directory's.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -17,12 +24,18 @@ import attrs
 
 import reconcile
 from cli import _probe
+from cli._commands import UsageError
 from cli._output import emit_json, emit_pairs
+
+LISTED = 1  # `db remove` without --yes: listed, nothing removed
 
 
 def db(args: Any, settings: reconcile.Settings) -> int:
     embedded = not settings.database_url
-    if args.action in ("up", "down") and not embedded:
+    if args.action != "remove" and (args.orphans or args.yes):
+        raise UsageError("--orphans and --yes go with `db remove`")
+    this_server = args.action in ("up", "down") or (args.action == "remove" and not args.orphans)
+    if this_server and not embedded:
         raise reconcile.ConfigError(
             f"`db {args.action}` manages the embedded server; "
             "unset RECONCILE_DATABASE_URL to use it"
@@ -33,6 +46,7 @@ def db(args: Any, settings: reconcile.Settings) -> int:
         "down": _down,
         "status": _status,
         "url": _url,
+        "remove": _remove_orphans if args.orphans else _remove,
     }
     return int(action[args.action](args, settings))
 
@@ -117,3 +131,55 @@ def _url(args: Any, settings: reconcile.Settings) -> int:
     else:
         print(url)
     return 0
+
+
+def _remove(args: Any, settings: reconcile.Settings) -> int:
+    """This state directory's server: listed, and removed with ``--yes``."""
+    plan = reconcile.server_removal(settings.home)
+    removed = False
+    if plan.paths and args.yes:
+        removed = reconcile.server_remove(settings.home)
+    if args.json:
+        emit_json({**attrs.asdict(plan), "removed": removed})
+    elif not plan.paths:
+        print(f"nothing to remove: no embedded PostgreSQL in {settings.home}")
+    else:
+        done = "removed" if removed else "would remove"
+        print(f"{done} the embedded PostgreSQL of {settings.home}, data and all:")
+        for path in plan.paths:
+            print(f"  {path}")
+        if not removed:
+            held = "holds a database" if plan.database else "holds no database"
+            runs = "; the server runs, and would be stopped first" if plan.running else ""
+            print(f"its data directory {plan.data_dir} {held}{runs}")
+            print("rerun with --yes to remove them")
+    return LISTED if plan.paths and not removed else 0
+
+
+def _remove_orphans(args: Any, settings: reconcile.Settings) -> int:
+    """Root's servers whose state directory is seen to be gone: listed, and removed with
+    ``--yes`` (each checked again just before)."""
+    root = os.geteuid() == 0
+    found = reconcile.server_remove_orphans() if args.yes else reconcile.server_orphans()
+    removed = bool(found) and args.yes
+    if args.json:
+        emit_json({"orphans": [attrs.asdict(o) for o in found], "removed": removed})
+    elif not root:
+        print(
+            "nothing to do: only root's servers live outside their state directory; "
+            "yours is in $RECONCILE_HOME/pg, and goes with it"
+        )
+    elif not found:
+        print("no server whose state directory is gone")
+    else:
+        done = "removed" if removed else "would remove"
+        print(f"{done} {len(found)} server(s) whose state directory is gone, data and all:")
+        for orphan in found:
+            held = "holds a database" if orphan.database else "holds no database"
+            print(f"  {orphan.server}  (served {orphan.home}; {held})")
+        if not removed:
+            print(
+                "a state directory moved elsewhere counts as gone until `reconcile db up` "
+                "runs in it; rerun with --yes to remove them"
+            )
+    return LISTED if found and not removed else 0

@@ -170,10 +170,10 @@ REPRS = ("None", "True", "False", "{'", "['", "Traceback")
 def own_home() -> Path:
     """A state directory for an embedded server of its own, outside pytest's temporary
     root (as root the server's user must traverse every parent, and each pytest session
-    resets that root to 0700); its server is stopped afterwards."""
+    resets that root to 0700); its server is removed afterwards (as root, outside it)."""
     path = Path(tempfile.mkdtemp(prefix="reconcile-test-cli-")) / "home"
     yield path
-    cli("db", "down", home=path)
+    cli("db", "remove", "--yes", home=path)
     shutil.rmtree(path.parent, ignore_errors=True)
 
 

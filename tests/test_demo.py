@@ -34,12 +34,12 @@ PATIENT = {"RECONCILE_CONNECT_TIMEOUT": "30", "RECONCILE_STATEMENT_TIMEOUT": "30
 @pytest.fixture
 def scratch() -> Iterator[Path]:
     """A directory outside pytest's temporary root: as root, the demo's server runs as
-    another user who must traverse every parent, and pytest resets its root to 0700."""
+    another user who must traverse every parent, and pytest resets its root to 0700.
+    The kept demo's server is removed afterwards (as root, its data lives outside)."""
     path = Path(tempfile.mkdtemp(prefix="reconcile-test-demo-"))
     yield path
-    subprocess.run(
-        [*reconcile_command(), "--home", str(path / "kept"), "db", "down"], env=clean_env()
-    )
+    remove = [*reconcile_command(), "--home", str(path / "kept"), "db", "remove", "--yes"]
+    subprocess.run(remove, env=clean_env(), capture_output=True)
     shutil.rmtree(path, ignore_errors=True)
 
 

@@ -3,16 +3,21 @@
 Under root the server lives outside the state directory, in
 ``/var/lib/reconcile-pg/<server id>``, the id kept in the state directory's
 ``pg/server-id``: a moved state directory keeps its database, a copied one is refused
-rather than given the same database, and no ``up`` deletes any server. Everything here
-runs the real command line and real servers; each test costs a few seconds.
+rather than given the same database, and nothing is deleted but by ``reconcile db
+remove`` (``--orphans`` for servers whose state directory is gone), which lists first and
+deletes only with ``--yes``. Everything here runs the real command line and real
+servers; each test costs a few seconds.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,6 +57,12 @@ def server_of(home: Path) -> Path:
 
 def agents(url: str) -> list[tuple]:
     return query(url, "SELECT id, custom_name FROM agents ORDER BY id")
+
+
+def remove(home: Path, *flags: str) -> tuple[int, dict]:
+    done = cli("db", "remove", "--json", *flags, home=home)
+    assert done.returncode in (0, 1), done.stderr
+    return done.returncode, json.loads(done.stdout)
 
 
 @as_root
@@ -94,6 +105,8 @@ def test_a_copied_state_directory_is_refused_not_given_the_same_database(base):
         assert done.returncode == 3, (command, done.stdout)
         assert f"{copy} holds the server id of {home}" in done.stderr.decode(), command
         assert f"delete {copy}/pg/server-id and {copy}/pg/port" in done.stderr.decode()
+    refused = cli("db", "remove", "--yes", home=copy)
+    assert refused.returncode == 3
     assert _server.status(home).running and agents(url) == [("a-1", "alice")]
 
     (copy / "pg" / "server-id").unlink()
@@ -139,3 +152,101 @@ def test_an_older_versions_server_is_adopted_by_its_state_directory(base):
     assert agents(up(home)) == [("a-1", "alice")]
     assert (home / "pg" / "server-id").read_text() == f"{legacy.name}\n"
     assert server_of(home) == legacy
+
+
+def test_db_remove_lists_first_and_removes_only_with_yes(base):
+    home = base / "home"
+    url = up(home)
+    seed(url, [("a-1", "alice", "core", None)])
+    server = server_of(home)
+    expected = [str(home / "pg")] + ([str(server)] if os.geteuid() == 0 else [])
+
+    listed = cli("db", "remove", home=home)
+    assert listed.returncode == 1, listed.stderr
+    text = listed.stdout.decode()
+    assert all(f"  {path}\n" in text for path in expected), text
+    assert "holds a database" in text and "rerun with --yes" in text
+    code, plan = remove(home)
+    assert code == 1
+    assert plan == {
+        "paths": expected,
+        "data_dir": str(server / "data"),
+        "database": True,
+        "running": True,
+        "removed": False,
+    }
+    assert agents(url) == [("a-1", "alice")]  # nothing removed, nothing stopped
+
+    code, done = remove(home, "--yes")
+    assert (code, done["removed"], done["paths"]) == (0, True, expected)
+    assert not any(Path(path).exists() for path in expected)
+    assert _server.url(home) is None
+    nothing = cli("db", "remove", "--yes", home=home)
+    assert nothing.returncode == 0
+    assert nothing.stdout.decode().startswith("nothing to remove")
+
+
+@as_root
+def test_orphans_are_the_servers_seen_gone_and_go_only_with_yes(base):
+    """Only a server whose state directory is seen to be gone is an orphan: not one on a
+    file system that is not mounted, not one still running; and no `up` deletes any."""
+    gone = base / "gone" / "home"
+    up(gone)
+    assert cli("db", "down", home=gone).returncode == 0
+    servers = {"gone": server_of(gone)}
+    shutil.rmtree(gone.parent)
+
+    mount = base / "mount"
+    mount.mkdir()
+    options = ["-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount)]
+    subprocess.run(["mount", *options], check=True, capture_output=True)
+    try:
+        up(mount / "home")
+        servers["unmounted"] = server_of(mount / "home")
+        assert cli("db", "down", home=mount / "home").returncode == 0
+    finally:
+        subprocess.run(["umount", str(mount)], check=True, capture_output=True)
+
+    running = base / "running" / "home"
+    up(running)
+    servers["running"] = server_of(running)
+    postmaster = _server.status(running).pid
+    assert postmaster is not None
+    shutil.rmtree(running.parent)  # while its server runs
+    try:
+        kept = base / "kept"
+        up(kept)
+        assert all(server.is_dir() for server in servers.values())  # no `up` deletes
+
+        def orphans(*flags: str) -> tuple[int, set[str], dict]:
+            code, found = remove(kept, "--orphans", *flags)
+            return code, {o["server"] for o in found["orphans"]}, found
+
+        code, listed, found = orphans()
+        assert code == 1 and found["removed"] is False
+        assert str(servers["gone"]) in listed
+        assert not listed & {str(servers["unmounted"]), str(servers["running"]), str(kept)}
+        assert servers["gone"].is_dir()  # listed only
+
+        os.kill(postmaster, signal.SIGINT)  # stopped: now it is an orphan too
+        deadline = time.monotonic() + 60
+        while (servers["running"] / "data" / "postmaster.pid").exists():
+            assert time.monotonic() < deadline, "the server did not stop"
+            time.sleep(0.05)
+        code, removed, found = orphans("--yes")
+        assert code == 0 and found["removed"] is True
+        assert {str(servers["gone"]), str(servers["running"])} <= removed
+        assert not servers["gone"].exists() and not servers["running"].exists()
+        assert servers["unmounted"].is_dir() and server_of(kept).is_dir()
+        assert _server.status(kept).running
+    finally:
+        for server in servers.values():
+            shutil.rmtree(server, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="an unprivileged user's server is in its home")
+def test_orphans_of_an_unprivileged_user_are_none(base):
+    done = cli("db", "remove", "--orphans", "--yes", home=base / "home")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode().startswith("nothing to do: only root's servers")
+    assert not (base / "home" / "pg").exists()
