@@ -81,6 +81,7 @@ def up(home: Path, settings: Sequence[str] = ()) -> str:
     ``settings`` (``name=value``) are passed to a server this call starts.
     The URL names the password file, not the password (see :func:`url`).
     """
+    require_checking_client()  # before anything starts: it would be connected to
     paths = _paths(home)
     with _locked(paths):
         paths, user = _ready(home)
@@ -285,6 +286,28 @@ def _client_checks_server() -> bool:
     except ImportError:
         return True  # no psycopg here: the URL is for some other, current, client
     return pq.version() >= 160000
+
+
+def require_checking_client() -> None:
+    """Refuse to connect to the embedded server with a libpq that cannot make the server
+    prove itself: it would send the password to whatever listens on the port.
+
+    libpq before 16 drops ``require_auth`` without a word, and answers a cleartext
+    password request with the password; a program squatting on the port while the server
+    is down would get it. Raises :class:`ServerError` naming the fix.
+    """
+    if _client_checks_server():
+        return
+    from psycopg import pq
+
+    found = pq.version()
+    raise ServerError(
+        f"psycopg here uses libpq {found // 10000}.{found % 100}, which cannot demand that "
+        "the embedded server prove itself (require_auth needs libpq 16 or later), so its "
+        "password could go to any program on its port: nothing was sent. Use a psycopg "
+        "with its own current libpq (pip install --force-reinstall 'psycopg[binary]', "
+        "and unset PSYCOPG_IMPL), or set RECONCILE_DATABASE_URL"
+    )
 
 
 @contextlib.contextmanager

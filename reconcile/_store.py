@@ -162,10 +162,11 @@ class Decision:
 
 def resolve_url(settings: Settings) -> str:
     """The database URL: the configured one, else the embedded server's (never started
-    here: ``reconcile db up`` does that)."""
+    here: ``reconcile db up`` does that). Refused over a libpq that cannot demand the
+    server's proof (:func:`reconcile._server.require_checking_client`)."""
     if settings.database_url:
         return settings.database_url
-    from reconcile._server import url
+    from reconcile._server import require_checking_client, url
 
     try:
         found = url(settings.home)
@@ -176,6 +177,7 @@ def resolve_url(settings: Settings) -> str:
             "no database: set RECONCILE_DATABASE_URL or start the embedded one "
             "with `reconcile db up`"
         )
+    require_checking_client()  # its password goes to no one who cannot prove they are it
     return found
 
 

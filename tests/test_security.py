@@ -26,6 +26,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -766,3 +767,62 @@ def _copy_project(dest: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):  # deleted, not yet committed
             shutil.copy2(ROOT / name, target)
+
+
+# -- an old libpq -----------------------------------------------------------------------
+
+SYSTEM_LIBPQ = {**clean_env(), "PSYCOPG_IMPL": "python"}  # psycopg over the system's libpq
+
+
+def _system_libpq_version() -> int | None:
+    done = subprocess.run(
+        [sys.executable, "-c", "from psycopg import pq; print(pq.version())"],
+        capture_output=True,
+        text=True,
+        env=SYSTEM_LIBPQ,
+        timeout=120,
+    )
+    return int(done.stdout) if done.returncode == 0 else None
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed (.ci/run)")
+def test_a_libpq_older_than_16_never_connects_to_the_embedded_server(private_dir):
+    """libpq before 16 ignores ``require_auth`` and answers a cleartext password request
+    with the password, so a program on the port while the server is down would get it.
+    Over the distribution's libpq (15 on Debian 12; .ci/run installs libpq5), every
+    command and the reconciler refuse, naming the fix, and no process connects to the
+    port. Fails before 'server: never send the password over a libpq older than 16'."""
+    version = _system_libpq_version()
+    if version is None or version >= 160000:
+        pytest.fail(f"no libpq older than 16 here (found {version}): apt-get install libpq5")
+    home = private_dir / "home"
+    url = _server.up(home)
+    try:
+        port = urlsplit(url).port
+        env = {**SYSTEM_LIBPQ, "RECONCILE_HOME": str(home), "RECONCILE_EXECUTOR_ID": "e-1"}
+        trace = private_dir / "connects"
+        strace = ["strace", "-f", "-qq", "-e", "trace=connect", "-o", str(trace)]
+        for args in (["db", "migrate"], ["db", "up"], ["verify", "--db"]):
+            done = subprocess.run(
+                [*strace, *reconcile_command(), *args], capture_output=True, env=env, timeout=300
+            )
+            assert done.returncode != 0, (args, done.stdout)
+            assert b"uses libpq 1" in done.stderr, done.stderr
+            assert b"psycopg[binary]" in done.stderr, done.stderr
+            assert f"sin_port=htons({port})" not in trace.read_text()
+        hook = subprocess.run(
+            [*strace, *reconcile_command(), "hook"],
+            input=b'{"session_id": "s-new"}',
+            capture_output=True,
+            env=env,
+            timeout=300,
+        )
+        assert (hook.returncode, hook.stdout) == (0, b"")
+        log = home / "log" / "reconcile.log"
+        deadline = time.monotonic() + 180
+        while "require_auth needs libpq 16" not in (log.read_text() if log.exists() else ""):
+            assert time.monotonic() < deadline, "the reconciler logged no refusal"
+            time.sleep(0.05)
+        assert f"sin_port=htons({port})" not in trace.read_text()  # the reconciler's too
+    finally:
+        _server.remove(home)
