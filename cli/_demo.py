@@ -413,6 +413,7 @@ def _print(r: dict[str, Any]) -> None:
     if r["home"]:
         print(f"Its state is kept in {r['home']} (its PostgreSQL stopped). To look:")
         print(f"  reconcile --home {r['home']} db up; reconcile --home {r['home']} show")
+        print(f"To delete its database: reconcile --home {r['home']} db remove --yes")
     else:
         print("Its state directory and database were temporary: gone (--home DIR keeps them).")
     print("The real set-up: README.md, First run.")
