@@ -170,14 +170,15 @@ def resolve_url(settings: Settings) -> str:
 
     try:
         found = url(settings.home)
-    except ServerError as exc:  # a copy of another state directory: no database for it
+        if found is not None:  # its password goes to no one who cannot prove they are it
+            require_checking_client()
+    except ServerError as exc:  # a copy of another home, an old libpq: no database here
         raise DatabaseUnavailableError(str(exc)) from None
     if found is None:
         raise DatabaseUnavailableError(
             "no database: set RECONCILE_DATABASE_URL or start the embedded one "
             "with `reconcile db up`"
         )
-    require_checking_client()  # its password goes to no one who cannot prove they are it
     return found
 
 

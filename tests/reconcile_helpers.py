@@ -164,3 +164,45 @@ def command_line_database(database_url: str, scratch: Path) -> str:
         [("e-1", "a-1", "s-old", "running"), ("e-2", None, "anchor", "done")],
     )
     return database_url
+
+
+# Modules a project may hold: ours, our dependencies', the standard library's (those the
+# hook, the reconciler and the compactor import), and the interpreter's start-up hooks.
+PACKAGES = ("reconcile", "journal", "cli", "psycopg", "attrs", "logging", "email", "encodings")
+MODULES = (
+    "structlog",
+    "json",
+    "uuid",
+    "selectors",
+    "socket",
+    "signal",
+    "threading",
+    "fcntl",
+    "hashlib",
+    "base64",
+    "datetime",
+    "tempfile",
+    "typing",
+    "sitecustomize",
+    "usercustomize",
+)
+
+
+def hostile_project(project: Path, traces: Path) -> None:
+    """Fill ``project`` with modules that each leave a file in ``traces`` when imported
+    (named after the module and the importing process), then fail the import: ours, our
+    dependencies', the standard library's, and the interpreter's start-up hooks."""
+    project.mkdir(exist_ok=True)
+    traces.mkdir()
+    trace = (
+        "import os as _os\n"
+        f"open(_os.path.join({str(traces)!r}, __name__ + '.' + str(_os.getpid())), 'w').close()\n"
+        "raise ImportError('a module of the project directory was imported')\n"
+    )
+    for name in PACKAGES:
+        (project / name).mkdir()
+        (project / name / "__init__.py").write_text(trace)
+    for name in MODULES:
+        (project / f"{name}.py").write_text(trace)
+    (project / "evil.py").write_text(trace)
+    (project / "evil.pth").write_text("import evil\n")  # read only if site scans here

@@ -23,54 +23,13 @@ from reconcile_helpers import (
     clean_env,
     command_line_database,
     default_hook,
+    hostile_project,
     reconcile_command,
     session_of,
     wait_settled,
 )
 
 from reconcile._outbox import lock_held
-
-# Modules a project may hold: ours, our dependencies', the standard library's (those the
-# hook, the reconciler and the compactor import), and the interpreter's start-up hooks.
-PACKAGES = ("reconcile", "journal", "cli", "psycopg", "attrs", "logging", "email", "encodings")
-MODULES = (
-    "structlog",
-    "json",
-    "uuid",
-    "selectors",
-    "socket",
-    "signal",
-    "threading",
-    "fcntl",
-    "hashlib",
-    "base64",
-    "datetime",
-    "tempfile",
-    "typing",
-    "sitecustomize",
-    "usercustomize",
-)
-
-
-def hostile_project(base: Path) -> tuple[Path, Path]:
-    """A project directory whose every module leaves a file in ``traces/`` when imported
-    (named after the module and the importing process), then fails the import."""
-    project, traces = base / "project", base / "traces"
-    project.mkdir()
-    traces.mkdir()
-    trace = (
-        "import os as _os\n"
-        f"open(_os.path.join({str(traces)!r}, __name__ + '.' + str(_os.getpid())), 'w').close()\n"
-        "raise ImportError('a module of the project directory was imported')\n"
-    )
-    for name in PACKAGES:
-        (project / name).mkdir()
-        (project / name / "__init__.py").write_text(trace)
-    for name in MODULES:
-        (project / f"{name}.py").write_text(trace)
-    (project / "evil.py").write_text(trace)
-    (project / "evil.pth").write_text("import evil\n")  # read only if site scans here
-    return project, traces
 
 
 @pytest.fixture
@@ -104,7 +63,8 @@ def wait_compacted(home: Path, deadline_s: float = 180.0) -> None:
 def test_nothing_of_the_project_directory_is_imported_and_the_row_settles(tmp_path, db, hook):
     """Fails before 'spawn: the reconciler and compactor run isolated': the reconciler,
     started as ``python -c`` in the project, imported its ``json.py`` and died."""
-    project, traces = hostile_project(tmp_path)
+    project, traces = tmp_path / "project", tmp_path / "traces"
+    hostile_project(project, traces)
     home = tmp_path / "home"
     command = default_hook() if hook == "installed" else [*reconcile_command(), "hook"]
     run_from(project, command, home, db, "s-mid")

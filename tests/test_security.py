@@ -447,45 +447,6 @@ def test_an_older_versions_root_layout_is_moved_and_secured(users, python, priva
         assert conn.execute("SELECT v FROM kept").fetchone() == ("from before",)
 
 
-@needs_root
-def test_roots_server_goes_with_its_state_directory_and_only_when_seen_gone(private_dir):
-    """Under root the server lives outside the state directory. Deleting the directory
-    (as tests and demos do) gets its server deleted by the next up; one on a file system
-    that is not mounted, or one whose server still runs, is kept."""
-
-    def server_of(home: Path) -> Path:
-        return Path(_server.status(home).data_dir).parent
-
-    deleted = private_dir / "deleted" / "state"
-    _server.up(deleted)
-    _server.down(deleted)
-    shutil.rmtree(deleted.parent)
-
-    mount = private_dir / "mount"
-    mount.mkdir()
-    options = ["-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount)]
-    subprocess.run(["mount", *options], check=True, capture_output=True)
-    unmounted = mount / "state"
-    try:
-        _server.up(unmounted)
-        _server.down(unmounted)
-    finally:
-        subprocess.run(["umount", str(mount)], check=True, capture_output=True)
-
-    running = private_dir / "running" / "state"
-    _server.up(running)
-    servers = {home: server_of(home) for home in (deleted, unmounted, running)}
-    shutil.rmtree(running.parent)  # while its server runs
-    try:
-        _server.up(private_dir / "next")
-        assert not servers[deleted].exists()
-        assert servers[unmounted].is_dir() and servers[running].is_dir()
-    finally:
-        _server.remove(running)  # stops it, then deletes both
-        shutil.rmtree(servers[unmounted], ignore_errors=True)
-    assert not servers[running].exists()
-
-
 # -- the state directory ---------------------------------------------------------------
 
 

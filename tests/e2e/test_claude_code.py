@@ -25,7 +25,7 @@ import psycopg
 import pytest
 from claude_sandbox import CLAUDE_VARIABLE, Run, Sandbox, claude_binary, wait_for
 from fake_api import FakeMessagesAPI
-from reconcile_helpers import audit_rows, default_hook, seed, session_of
+from reconcile_helpers import audit_rows, default_hook, hostile_project, seed, session_of
 
 from reconcile import migrate
 
@@ -159,6 +159,32 @@ def test_the_default_install_runs_the_interpreter_itself(tmp_path, claude, api, 
     assert assert_hooks_silent(run) == ["SessionStart:startup", "UserPromptSubmit"]
     wait_for_session(db, "e-1", run.session_id)
     assert [r[3]["new_session_id"] for r in audit_rows(db, "e-1")] == [run.session_id]
+
+
+def test_nothing_of_the_project_claude_code_runs_in_is_imported(tmp_path, claude, api, db):
+    """Claude Code runs the hook in the user's project; here one that holds modules
+    named like ours, our dependencies' and the standard library's, a ``sitecustomize``
+    and a ``.pth`` file. The hook, its reconciler and a compaction run from it (issue
+    18): the row settles and nothing of the project was imported."""
+    box = Sandbox(
+        tmp_path,
+        claude,
+        api.url,
+        hook="direct",
+        RECONCILE_HOME=str(tmp_path / "state"),
+        RECONCILE_DATABASE_URL=db,
+        RECONCILE_COMPACT_THRESHOLD="1",  # the second hook that writes starts a compaction
+    )
+    traces = tmp_path / "traces"
+    hostile_project(box.work, traces)
+    box.allow_bash()
+    box.install("--claude-version", "2.1.332")
+    first = box.run("Run a step. tool uses: 1", RECONCILE_EXECUTOR_ID="e-1")
+    wait_for_session(db, "e-1", first.session_id)
+    second = box.run("Run a step. tool uses: 1", RECONCILE_EXECUTOR_ID="e-1")
+    wait_for_session(db, "e-1", second.session_id)
+    wait_for(lambda: (tmp_path / "state" / "snapshot").exists(), bool, "a compaction")
+    assert sorted(os.listdir(traces)) == []
 
 
 def test_a_fork_rotates_the_session_and_a_resume_keeps_the_row_in_step(sandbox, db):
