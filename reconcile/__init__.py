@@ -43,6 +43,7 @@ __all__ = [
     "ReconcileReport",
     "RejectedError",
     "ReplayReport",
+    "RowBusyError",
     "SchemaError",
     "SchemaState",
     "ServerError",
@@ -99,6 +100,7 @@ _WHERE = {
     "DatabaseUnavailableError": ("_errors", "DatabaseUnavailableError"),
     "ReconcileError": ("_errors", "ReconcileError"),
     "RejectedError": ("_errors", "RejectedError"),
+    "RowBusyError": ("_errors", "RowBusyError"),
     "MissingSchemaError": ("_errors", "MissingSchemaError"),
     "SchemaError": ("_errors", "SchemaError"),
     "ServerError": ("_errors", "ServerError"),
@@ -201,6 +203,7 @@ if TYPE_CHECKING:
         MissingSchemaError,
         ReconcileError,
         RejectedError,
+        RowBusyError,
         SchemaError,
         ServerError,
     )

@@ -15,6 +15,12 @@ class DatabaseUnavailableError(ReconcileError, ConnectionError):
     """The database could not be reached or used (down, slow, auth, missing tables)."""
 
 
+class RowBusyError(ReconcileError, TimeoutError):
+    """One observation's row could not be settled in time: its executor row locked by
+    another transaction past the lock timeout, or its statement past the statement
+    timeout. That key waits and is tried again; the database serves the others."""
+
+
 class RejectedError(ReconcileError, ValueError):
     """The database refused an observation's values (say, a NUL in a text value)."""
 

@@ -22,7 +22,8 @@ import os
 import sys
 import time
 
-from journal import Writer, parse_json
+from journal import Writer
+from reconcile import _backoff as backoff
 from reconcile._fast import MISS, OBSERVED, UNSETTLED, Observation
 
 TYPE_CHECKING = False  # typing costs milliseconds in the hook; checkers see True
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 RECONCILE_LOCK = "reconcile.lock"
-BACKOFF = "backoff"  # JSON: the database's backoff, shared by every process of the home
 COMPACT_LOCK = "compact.lock"
 COMPACT_THRESHOLD = 64  # RECONCILE_COMPACT_THRESHOLD's default
 
@@ -89,33 +89,6 @@ def append_observation(
         return writer.append(observation.key, data, OBSERVED, after=after)
 
 
-def read_backoff(home: str) -> dict[str, object] | None:
-    """The backoff record the last reconciler left, or None if there is none (or it
-    cannot be read: a backoff is advice, and an unreadable one advises nothing)."""
-    try:
-        fd = os.open(os.path.join(home, BACKOFF), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        raw = os.read(fd, 1 << 16)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    try:
-        value = parse_json(raw)
-    except (ValueError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def backoff_until(home: str) -> float:
-    """Until when (Unix seconds) no process of this home may try the database; 0: now."""
-    record = read_backoff(home)
-    until = record.get("until") if record else None
-    return float(until) if isinstance(until, int | float) else 0.0
-
-
 def take_lock(home: str, name: str = RECONCILE_LOCK) -> int | None:
     """The locked descriptor of ``home/name`` if no one holds it, else None."""
     try:
@@ -159,7 +132,7 @@ def ensure_reconciler(home: str, env: Mapping[str, str], *, now_s: float | None 
     the observation stays in the journal for the next hook).
     """
     now = time.time() if now_s is None else now_s
-    if backoff_until(home) > now:
+    if backoff.until(home, now) > now:
         return "backoff"
     fd = take_lock(home)
     if fd is None:

@@ -24,8 +24,8 @@ reads the journal many times and each read meets them again.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -34,15 +34,15 @@ from typing import Any
 import attrs
 
 import journal
+from reconcile import _backoff as backoff
 from reconcile._engine import NO_EXECUTOR, event_for
-from reconcile._errors import ConfigError, DatabaseUnavailableError, RejectedError
+from reconcile._errors import ConfigError, DatabaseUnavailableError, RejectedError, RowBusyError
 from reconcile._fast import REJECTED, UNRESOLVED, UNSETTLED, default_home, valid_value
 from reconcile._log import configure, get_logger
-from reconcile._outbox import BACKOFF, read_backoff, take_lock
+from reconcile._outbox import take_lock
 from reconcile._settings import Settings
 from reconcile._store import connect, decide
 
-BACKOFF_BASE_S = 1.0
 _IDENTITY_FIELDS = ("executor_id", "agent_id", "agent_name", "team")
 _LOCK_POLL_S = 0.01
 _LINGER_POLL_S = 0.05
@@ -80,7 +80,12 @@ def run_reconciler(argv: Sequence[str]) -> int:
             configure(Settings(home=default_home(os.environ)))
             raise
         configure(settings)
-        settle_pending(settings, lock_fd=lock_fd, linger_s=settings.linger_s)
+        settle_pending(
+            settings,
+            lock_fd=lock_fd,
+            linger_s=settings.linger_s,
+            retry_s=settings.retry_horizon_s,
+        )
     except BaseException as exc:  # a detached process: the log is its only voice
         get_logger().error("reconciler.failed", error=f"{type(exc).__name__}: {exc}"[:500])
     return 0
@@ -109,6 +114,7 @@ def settle_pending(
     wait_s: float = 0.0,
     linger_s: float = 0.0,
     ignore_backoff: bool = False,
+    retry_s: float = 0.0,
     progress: Callable[[int, int], None] | None = None,
 ) -> ReconcileReport:
     """Settle every unsettled observation of ``settings.home``; see the module docstring.
@@ -118,9 +124,13 @@ def settle_pending(
     the lock and the connection that long after the last settlement, settling whatever
     new observations arrive meanwhile (a burst of hooks spread over seconds then costs
     one connection, not one each). ``ignore_backoff``: try the database even inside a
-    backoff window (the foreground commands do).
+    backoff window (the foreground commands do). ``retry_s``: while anything is
+    unsettled and the database, or a row, is away, keep the lock, wait out the backoff
+    and try again, for up to ``retry_s`` seconds (the detached reconciler:
+    ``RECONCILE_RETRY_HORIZON``); 0 gives up at the first failure.
     """
     run = _Run(settings, progress)
+    give_up = time.monotonic() + retry_s
     try:
         while True:
             fd = lock_fd if lock_fd is not None else _lock(run.home, wait_s)
@@ -128,32 +138,38 @@ def settle_pending(
             if fd is None:
                 return attrs.evolve(run.report, busy=not run.outcomes)
             try:
-                if not ignore_backoff and _backoff_until(run.home) > time.time():
-                    return attrs.evolve(run.report, backoff=True)
-                if not run.settle_all():
-                    return run.report
-                run.linger(linger_s)
-                if run.error is not None:
-                    return run.report
+                pause = run.step(linger_s, ignore_backoff=ignore_backoff)
             finally:
                 os.close(fd)  # released: a hook from now on may start a reconciler
-            # Look once more, lock released: whatever was appended while it was held
-            # had no reconciler started for it.
-            if not run.todo():
+            if pause is None:
+                # Look once more, lock released: whatever was appended while it was
+                # held had no reconciler started for it.
+                if not run.todo():
+                    return run.report
+                continue
+            if time.monotonic() + pause > give_up:
+                return attrs.evolve(run.report, backoff=True)
+            # Wait with the lock released (an operator's command may run meanwhile),
+            # then take it back; if someone holds it, a reconciler runs: it is theirs.
+            time.sleep(pause)
+            lock_fd = take_lock(run.home)
+            if lock_fd is None:
                 return run.report
     finally:
         run.close()
 
 
 class _Run:
-    """One reconciler's work: its connection (opened on first need), what it tried."""
+    """One reconciler's work: its connection (opened on first need), what it tried, and
+    the keys whose rows are waited for (their own delays, in this process's memory)."""
 
     def __init__(self, settings: Settings, progress: Callable[[int, int], None] | None):
         self.settings = settings
         self.home = str(settings.home)
         self.progress = progress
         self.outcomes: dict[str, int] = {}
-        self.tried: set[str] = set()  # observations attempted here: never loop on one
+        self.tried: set[str] = set()  # observations settled or refused here: never again
+        self.delayed: dict[str, tuple[int, float]] = {}  # key -> (failures, monotonic due)
         self.error: str | None = None
         self._unreadable: set[str] = set()  # read errors already logged by this run
         self._skipped_logged = False
@@ -167,10 +183,46 @@ class _Run:
             dict(self.outcomes), backoff=self.error is not None, error=self.error
         )
 
+    def step(self, linger_s: float, *, ignore_backoff: bool) -> float | None:
+        """One attempt at everything due, lock held; the seconds to wait before the next
+        (the shared backoff, or the earliest row's delay), or None if nothing is left to
+        try (settled, or refused for good)."""
+        if not ignore_backoff:
+            wait = self._shared_wait()
+            if wait > 0:
+                return wait
+        if not self.settle_all():
+            return self._shared_wait()
+        self.linger(linger_s)
+        if self.error is not None:
+            return self._shared_wait()
+        if not self.delayed:
+            return None
+        due = min(when for _, when in self.delayed.values())
+        return max(0.0, due - time.monotonic())
+
+    def _shared_wait(self) -> float:
+        now = time.time()
+        return max(0.0, backoff.until(self.home, now) - now)
+
+    def _delay(self, key: str, error: str) -> None:
+        """Try ``key`` again later, alone: its row was locked or its statement slow."""
+        failures = self.delayed.get(key, (0, 0.0))[0] + 1
+        delay = backoff.delay_s(failures, self.settings.backoff_max_s)
+        self.delayed[key] = (failures, time.monotonic() + delay)
+        self._log.warning("reconciler.row_busy", key=key, error=error, retry_in_s=round(delay, 1))
+
     def todo(self) -> list[journal.Record]:
+        """The observations to try now: unsettled, not tried by this run, and not of a
+        key whose row is waited for."""
         state = journal.load(self.home)
         self._note_read_problems(state)
-        return [r for r in _waiting(state) if r.id not in self.tried]
+        now = time.monotonic()
+        return [
+            r
+            for r in _waiting(state)
+            if r.id not in self.tried and self.delayed.get(r.key, (0, 0.0))[1] <= now
+        ]
 
     def _note_read_problems(self, state: journal.State) -> None:
         """Log, once per run, the files the journal could not read and its skipped lines."""
@@ -202,18 +254,32 @@ class _Run:
                 self._conn = self._conn_cm.__enter__()
             with journal.Writer(self.home, fsync=self.settings.fsync) as writer:
                 for index, record in enumerate(todo):
-                    self.tried.add(record.id)
                     if self.progress is not None:
                         self.progress(index, len(todo))
-                    kind = settle_one(self.settings, self._conn, writer, record)
+                    try:
+                        kind = settle_one(self.settings, self._conn, writer, record)
+                    except RowBusyError as exc:  # this key waits; the others go on
+                        self._delay(record.key, str(exc))
+                        continue
+                    self.tried.add(record.id)
+                    self.delayed.pop(record.key, None)
                     self.outcomes[kind] = self.outcomes.get(kind, 0) + 1
         except DatabaseUnavailableError as exc:
             self.error = str(exc)
+            self._drop_connection()
             record_failure(self.settings, self.error)
             self._log.warning("reconciler.backoff", error=self.error, unsettled=len(todo))
             return False
+        self.error = None
         record_success(self.settings)
         return True
+
+    def _drop_connection(self) -> None:
+        """Forget a connection that failed: the next attempt opens a new one."""
+        if self._conn_cm is not None:
+            with contextlib.suppress(Exception):
+                self._conn_cm.__exit__(None, None, None)
+        self._conn_cm = self._conn = None
 
     def linger(self, seconds: float) -> None:
         """Settle new observations until none has come for ``seconds``. Each hook that
@@ -332,53 +398,21 @@ def _lock(home: str, wait_s: float) -> int | None:
         time.sleep(_LOCK_POLL_S)
 
 
-def _backoff_until(home: str) -> float:
-    record = read_backoff(home) or {}
-    until = record.get("until")
-    return float(until) if isinstance(until, int | float) else 0.0
-
-
 def record_failure(settings: Settings, error: str) -> None:
-    """Push the shared backoff further: doubling from 1 s up to the cap, equal jitter."""
-    previous = read_backoff(str(settings.home)) or {}
-    failures = previous.get("failures")
-    failures = failures + 1 if isinstance(failures, int) and failures >= 0 else 1
-    delay = min(settings.backoff_max_s, BACKOFF_BASE_S * 2 ** min(failures - 1, 30))
-    delay = delay / 2 + random.uniform(0, delay / 2)
-    now = time.time()
-    _write_backoff(
-        settings,
-        {
-            "failures": failures,
-            "until": now + delay,
-            "since": previous.get("since") if failures > 1 else now,
-            "last_error": error[:500],
-            "last_error_at": now,
-        },
-    )
+    """Push the shared backoff further (:func:`reconcile._backoff.failed`)."""
+    _write_backoff(settings, backoff.failed(str(settings.home), error, settings.backoff_max_s))
 
 
 def record_success(settings: Settings) -> None:
-    """Clear the backoff, keeping the last error for ``reconcile status``."""
-    previous = read_backoff(str(settings.home))
-    if previous is None or not previous.get("failures"):
-        return
-    _write_backoff(
-        settings,
-        {
-            "failures": 0,
-            "until": 0,
-            "since": None,
-            "last_error": previous.get("last_error"),
-            "last_error_at": previous.get("last_error_at"),
-        },
-    )
+    """Clear the shared backoff, keeping the last error for ``reconcile status``."""
+    record = backoff.succeeded(str(settings.home))
+    if record is not None:
+        _write_backoff(settings, record)
 
 
 def _write_backoff(settings: Settings, record: dict[str, Any]) -> None:
-    content = (journal.dump_json(record) + "\n").encode("ascii")
     try:
-        journal.write_atomically(Path(settings.home) / BACKOFF, content)
+        backoff.write(str(settings.home), record)
     except (OSError, journal.JournalError) as exc:  # advice only: the next one retries
         get_logger().warning("backoff.write_failed", error=str(exc))
 
@@ -393,21 +427,22 @@ def outbox_status(settings: Settings, state: journal.State | None = None) -> dic
 
     home = str(settings.home)
     waiting = _waiting(journal.load(home) if state is None else state)
-    backoff = read_backoff(home) or {}
-    until = backoff.get("until")
+    record = backoff.read(home) or {}
     now = time.time()
-    in_force = isinstance(until, int | float) and until > now
+    until = backoff.capped_until(record, now)
+    in_force = until > now
     return {
         "unsettled": len(waiting),
         "oldest_unsettled": waiting[0].ts if waiting else None,
         "reconciler_running": reconciler_running(home),
         "backoff": {
             "in_force": in_force,
-            "failures": backoff.get("failures", 0),
-            "retry_in_s": round(until - now, 1) if in_force and isinstance(until, float) else 0,
+            "failures": record.get("failures", 0),
+            "retry_in_s": round(until - now, 1) if in_force else 0,
+            "next_attempt_at": _iso(until) if in_force else None,
         },
-        "last_error": backoff.get("last_error"),
-        "last_error_at": _iso(backoff.get("last_error_at")),
+        "last_error": record.get("last_error"),
+        "last_error_at": _iso(record.get("last_error_at")),
     }
 
 

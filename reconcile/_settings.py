@@ -61,6 +61,7 @@ class Settings:
     backoff_max_s: float = attrs.field(
         default=30.0, validator=_positive, **_env("RECONCILE_BACKOFF_MAX", float)
     )
+    retry_horizon_s: float = attrs.field(default=86400.0, **_env("RECONCILE_RETRY_HORIZON", float))
     sync: bool = attrs.field(default=False, **_env("RECONCILE_SYNC", _bool))
     linger_s: float = attrs.field(default=2.0, **_env("RECONCILE_LINGER", float))
     compact_threshold: int = attrs.field(

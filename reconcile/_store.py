@@ -22,17 +22,23 @@ from typing import Any
 
 import attrs
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
 from reconcile._errors import (
     DatabaseUnavailableError,
     MissingSchemaError,
     RejectedError,
+    RowBusyError,
     ServerError,
 )
 from reconcile._settings import Settings, redact_url
 
 TERMINAL_STATES = ("done", "error", "terminated")
+# How much longer than the server's statement and lock timeouts the client waits: a row
+# locked past the lock timeout is the server's to report (it fails that row alone); the
+# client's own deadline is for a server that does not answer at all.
+CLIENT_MARGIN_S = 1.0
 RECOVERY_ANCHOR = "terminal_executor_is_recovery_anchor"
 
 # The executor an observation names, else its agent's current one (by agent id, else by
@@ -276,7 +282,12 @@ def decide(
     with statement and lock timeouts of ``deadline_s`` for that transaction only.
     ``conn`` is in autocommit mode, as :func:`connect` makes it, so that the query string
     is a transaction of its own. ``Decision.audited`` says whether the audit row with
-    ``event_id`` was written (not for a divergence audited before)."""
+    ``event_id`` was written (not for a divergence audited before).
+
+    Raises :class:`RowBusyError` when the executor row stayed locked past the lock
+    timeout, or the statement ran past the statement timeout, on a connection still
+    usable: a failure of that key alone. :class:`DatabaseUnavailableError` for the rest.
+    """
     params = {
         "timeout_ms": str(max(1, int(deadline_s * 1000))),
         "session_id": session_id,
@@ -287,15 +298,19 @@ def decide(
         "team": team,
         "actor": agent_name or agent_id,
     }
-    try:
-        with deadline(deadline_s), psycopg.ClientCursor(conn) as cur:
+    try:  # the server's timeouts first (they fail this row alone), then the client's
+        with deadline(deadline_s + CLIENT_MARGIN_S), psycopg.ClientCursor(conn) as cur:
             cur.execute(RECONCILE_SQL, params)
             while cur.nextset():  # the decision is the last statement's result
                 pass
             row = cur.fetchone()
     except psycopg.DataError as exc:  # values no database could take: not an outage
         raise RejectedError(_first_line(exc)) from None
-    except psycopg.Error as exc:  # gone, slow, locked, or without its tables
+    except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled) as exc:
+        if conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
+            raise unusable(exc, f"{conn.info.dsn}: {_first_line(exc)}") from None
+        raise RowBusyError(f"{_first_line(exc)} (executor {executor_id or '?'})") from None
+    except psycopg.Error as exc:  # gone, or without its tables
         raise unusable(exc, f"{conn.info.dsn}: {_first_line(exc)}") from None
     if row is None:
         return Decision("no_executor")

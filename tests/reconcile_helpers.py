@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -32,8 +33,12 @@ def default_hook() -> list[str]:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The test process's environment without any identity or RECONCILE_ variable."""
+    """The test process's environment without any identity or RECONCILE_ variable of
+    its own (but a retry horizon of five minutes)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RECONCILE_", "GENIE_"))}
+    # A reconciler whose database never comes back (a test's dead URL) retries for five
+    # minutes, not the default day: nothing of a test run lingers on the machine.
+    env["RECONCILE_RETRY_HORIZON"] = "300"
     env.update(extra)
     return env
 
@@ -86,8 +91,8 @@ def wait_settled(home: Path, deadline_s: float = 180.0) -> None:
 
 
 def wait_idle(home: Path, deadline_s: float = 180.0) -> None:
-    """Wait until no reconciler runs (with the database away, the last one leaves a
-    backoff and the observations in place)."""
+    """Wait until no reconciler runs (with the database away, one that gives up
+    (``RECONCILE_RETRY_HORIZON=0``) leaves a backoff and the observations in place)."""
     import time
 
     import reconcile
@@ -206,3 +211,83 @@ def hostile_project(project: Path, traces: Path) -> None:
         (project / f"{name}.py").write_text(trace)
     (project / "evil.py").write_text(trace)
     (project / "evil.pth").write_text("import evil\n")  # read only if site scans here
+
+
+class Outage:
+    """A port in front of the test database that refuses connections while down and
+    forwards them while up, on the same port: a database that goes away and comes back,
+    as the reconciler sees it (its URL never changes). Starts down."""
+
+    def __init__(self, url: str) -> None:
+        import socket
+
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+        target = conninfo_to_dict(url)
+        self._upstream = (str(target.get("host") or "127.0.0.1"), int(target.get("port") or 5432))
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = make_conninfo(url, host="127.0.0.1", port=str(self.port))
+        self._listener: Any = None
+        self._open: list[Any] = []
+
+    def up(self) -> None:
+        import socket
+        import threading
+
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        """Refuse new connections and cut the open ones."""
+        import socket
+
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        for sock in self._open:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self._open.clear()
+
+    def __enter__(self) -> Outage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    def _accept(self, listener: Any) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # down
+            try:
+                server = socket.create_connection(self._upstream, timeout=30)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            self._open += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=_pump, args=(a, b), daemon=True).start()
+
+
+def _pump(source: Any, sink: Any) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            sink.shutdown(1)  # SHUT_WR

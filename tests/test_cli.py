@@ -50,7 +50,11 @@ def test_status_show_forget_compact(home, db):
     run_hook(home, db, {"session_id": "s-new"}, RECONCILE_EXECUTOR_ID="e-1")
     wait_settled(home)
     run_hook(
-        home, "postgresql://x@127.0.0.1:9/d", {"session_id": "s-p"}, RECONCILE_EXECUTOR_ID="e-7"
+        home,
+        "postgresql://x@127.0.0.1:9/d",
+        {"session_id": "s-p"},
+        RECONCILE_EXECUTOR_ID="e-7",
+        RECONCILE_RETRY_HORIZON="0",  # its reconciler gives up at once, leaving a backoff
     )
     wait_idle(home)
     status = json.loads(cli("status", "--json", home=home, url=db).stdout)
@@ -94,9 +98,10 @@ def test_replay_filters_and_to_db(home, db):
     down = "postgresql://x@127.0.0.1:9/d"
     run_hook(home, db, {"session_id": "s-new"}, RECONCILE_EXECUTOR_ID="e-1")
     wait_settled(home)
-    run_hook(home, down, {"session_id": "s-next"}, RECONCILE_EXECUTOR_ID="e-1")
+    no_retry = {"RECONCILE_RETRY_HORIZON": "0"}  # reconcilers give up at once, as before
+    run_hook(home, down, {"session_id": "s-next"}, RECONCILE_EXECUTOR_ID="e-1", **no_retry)
     wait_idle(home)
-    run_hook(home, db, {"session_id": "s-live"}, RECONCILE_EXECUTOR_ID="e-2")
+    run_hook(home, db, {"session_id": "s-live"}, RECONCILE_EXECUTOR_ID="e-2", **no_retry)
     wait_idle(home)  # in backoff: the observation of e-2 waits too
     lines = cli("replay", home=home).stdout.decode().splitlines()
     events = [json.loads(line) for line in lines]

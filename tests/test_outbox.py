@@ -24,6 +24,7 @@ import structlog
 from journal_helpers import raw_line
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from reconcile_helpers import (
+    Outage,
     audit_rows,
     clean_env,
     cli,
@@ -119,31 +120,36 @@ def test_32_racing_hooks_on_one_executor_write_one_audit_row(tmp_path: Path, db:
     assert session_of(db, "e-0") == "s-new"
 
 
-def test_refusing_database_costs_one_line_and_a_backoff_then_heals_itself(tmp_path: Path, db: str):
+def test_after_an_outage_the_row_settles_with_no_hook_after_it(tmp_path: Path, db: str):
+    """The database refuses connections while 30 tool uses see a new session: one journal
+    line, and one reconciler that keeps trying on its own (a shared backoff, which
+    `status` shows with its next attempt). The database comes back and no hook runs
+    again: the row is right all the same. Fails before 'reconciler: wait out the
+    backoff and try again': the reconciler exited at its first failure and the
+    observation waited for the next hook (with per-prompt hooks, for hours)."""
     executors(db, 1)
     home = tmp_path / "home"
-    down = refused_url()
     identity = {"RECONCILE_EXECUTOR_ID": "e-0", "RECONCILE_BACKOFF_MAX": "1"}
-    for _ in range(30):
-        run_hook(home, down, {"session_id": "s-new"}, **identity)
-    # One journal line for the (key, session) however many tool uses saw it.
-    assert [r.type for r in lines(home)] == ["session.observed"]
-    wait_idle(home)
-    settings = Settings.from_env({}, home=home, database_url=down)
-    status = reconcile.outbox_status(settings)
-    assert status["unsettled"] == 1
-    assert status["backoff"]["failures"] >= 1
-    assert "refused" in (status["last_error"] or "").lower()
+    settings = Settings.from_env({}, home=home, database_url=db)
+    with Outage(db) as outage:
+        for _ in range(30):
+            run_hook(home, outage.url, {"session_id": "s-new"}, **identity)
+        # One journal line for the (key, session) however many tool uses saw it.
+        assert [r.type for r in lines(home)] == ["session.observed"]
+        wait_for(
+            lambda: reconcile.outbox_status(settings)["backoff"]["failures"] >= 3,
+            "the reconciler never tried again on its own",
+        )
+        status = reconcile.outbox_status(settings)
+        assert status["unsettled"] == 1 and status["backoff"]["next_attempt_at"]
+        assert "refused" in (status["last_error"] or "").lower()
+        assert session_of(db, "e-0") == "old-0"
 
-    # The database answers again: tool uses go on, nobody runs a command.
-    give_up = time.monotonic() + 180
-    while session_of(db, "e-0") != "s-new":
-        assert time.monotonic() < give_up, "never reconciled after the database came back"
-        run_hook(home, db, {"session_id": "s-new"}, **identity)
-        time.sleep(0.2)
-    wait_settled(home)
+        outage.up()  # and no hook from now on
+        wait_settled(home)
+    assert session_of(db, "e-0") == "s-new"
     assert [row[1] for row in audit_rows(db)] == ["session.reconciled"]
-    after = reconcile.outbox_status(Settings.from_env({}, home=home, database_url=db))
+    after = reconcile.outbox_status(settings)
     assert (after["unsettled"], after["backoff"]["in_force"]) == (0, False)
     assert after["last_error"] == status["last_error"]  # still shown, for the operator
 
@@ -161,6 +167,7 @@ def test_silent_database_never_holds_the_hook_or_its_pipes(tmp_path: Path, db: s
             RECONCILE_DATABASE_URL=silent,
             RECONCILE_EXECUTOR_ID="e-0",
             RECONCILE_CONNECT_TIMEOUT="600",  # the reconciler waits "forever"
+            RECONCILE_RETRY_HORIZON="0",  # and gives up when the connection fails
         )
         proc = subprocess.Popen(
             [*reconcile_command(), "hook"],
@@ -430,3 +437,37 @@ def test_an_observation_journaled_while_the_reconciler_works_is_settled_too(tmp_
     wait_settled(home)
     assert [session_of(db, f"e-{i}") for i in range(3)] == ["a-0", "b-1", "a-2"]
     assert [r[3]["new_session_id"] for r in audit_rows(db, "e-1")][-1] == "b-1"
+
+
+def test_a_locked_row_delays_its_key_alone(tmp_path, db):
+    """An orchestrator's transaction holds e-0's row (idle in transaction). Its key
+    waits, on a delay of its own; e-1, observed after it, is settled while the row is
+    still locked, and no shared backoff is recorded. Once the lock goes, e-0 settles
+    with no hook after it. Fails before 'reconciler: a row's failure delays its key
+    alone': the lock timeout counted as the database failing, the shared backoff grew,
+    and e-1 waited behind e-0 for the next hook."""
+    executors(db, 2)
+    home = tmp_path / "home"
+    settings = Settings.from_env({}, home=home, database_url=db)
+    timeouts = {"RECONCILE_STATEMENT_TIMEOUT": "0.3", "RECONCILE_BACKOFF_MAX": "2"}
+    with psycopg.connect(db) as orchestrator:
+        orchestrator.execute("SELECT 1 FROM executors WHERE id = 'e-0' FOR UPDATE")
+        run_hook(home, db, {"session_id": "new-0"}, RECONCILE_EXECUTOR_ID="e-0", **timeouts)
+        run_hook(home, db, {"session_id": "new-1"}, RECONCILE_EXECUTOR_ID="e-1", **timeouts)
+        wait_for(lambda: session_of(db, "e-1") == "new-1", "e-1 waited behind the locked row")
+        assert session_of(db, "e-0") == "old-0"
+        wait_for(
+            lambda: any(e.get("event") == "reconciler.row_busy" for e in log_events(home)),
+            "the locked row was never tried",
+        )
+        status = reconcile.outbox_status(settings)
+        assert status["backoff"]["failures"] == 0 and status["unsettled"] == 1
+        orchestrator.rollback()  # and no hook from now on
+    wait_settled(home)
+    assert [session_of(db, f"e-{i}") for i in range(2)] == ["new-0", "new-1"]
+    assert sorted(r[1] for r in audit_rows(db)) == ["session.reconciled"] * 2
+
+
+def log_events(home: Path) -> list[dict]:
+    path = home / "log" / "reconcile.log"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
