@@ -44,9 +44,12 @@ __all__ = [
     "inventory",
     "latest",
     "load",
+    "lock_marked",
+    "mark_lock",
     "new_event_id",
     "parse_json",
     "path_refusal",
+    "release_lock",
     "write_atomically",
 ]
 
@@ -85,6 +88,9 @@ _WHERE = {
     "history": "_read",
     "latest": "_hit",
     "load": "_read",
+    "lock_marked": "_platform",
+    "mark_lock": "_platform",
+    "release_lock": "_platform",
 }
 
 
@@ -119,6 +125,7 @@ if TYPE_CHECKING:
     from journal._json import dump_json
     from journal._layout import FILE_MODE, ensure_dir, ensure_home, write_atomically
     from journal._model import CompactionReport, Record, Skips, State
+    from journal._platform import lock_marked, mark_lock, release_lock
     from journal._read import History, history, load
     from journal._trust import UntrustedPathError, check_home
     from journal._writer import Writer, new_event_id

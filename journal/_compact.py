@@ -32,7 +32,6 @@ import errno
 import fcntl
 import json
 import os
-import stat
 import time
 from collections import Counter
 from collections.abc import Callable, Collection
@@ -50,13 +49,14 @@ from journal._hit import (
     NOT_A_FILE,
     PENDING_SUFFIX,
     QUARANTINE_DIR,
-    READ_FLAGS,
     SNAPSHOT,
     TEMP_SUFFIX,
     list_files,
+    open_regular,
 )
 from journal._layout import FILE_MODE, ensure_home, fsync_dir, write_atomically
 from journal._model import CompactionReport, Skips
+from journal._platform import mark_lock, release_lock
 from journal._read import archive_files, describe, fold_file, fold_lines, journal_files, probe
 from journal._scan import Line, scan_stream
 from journal._snapshot import read_snapshot, write_snapshot
@@ -120,12 +120,13 @@ def compact(
             return CompactionReport(busy=True)
         except OSError as exc:
             raise StorageError(f"cannot lock {home / COMPACT_LOCK}: {exc.strerror}") from None
+        mark_lock(lock, str(home / COMPACT_LOCK))  # for probes, which never take the lock
         report = _compact_locked(
             home, max_entries, retention or Retention(), frozenset(pinned_types), progress
         )
     finally:
         with contextlib.suppress(OSError):
-            os.close(lock)
+            release_lock(lock)
     report = attrs.evolve(report, duration_s=time.monotonic() - started)
     if report.errors:
         more = f" (and {len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
@@ -393,6 +394,16 @@ def _prune_archive(home: Path, retention: Retention, errors: list[str]) -> int:
 
 
 def _remove_stale_pending(home: Path, errors: list[str]) -> None:
+    """Remove the ``.new`` files of writers that died creating their journal.
+
+    Stale means empty and over a minute old, and no one holds its lock; the first two
+    are read from the opened file *before* its lock is tried, because a writer creates
+    its ``.new`` file and only then locks it: a cleanup that tried the lock of a file it
+    had not proved stale could hold it in that instant and make the writer's flock fail
+    (docs/reliability.md, "No lost wake-up"). A file the cleanup does lock and remove
+    was a minute old: its writer, if alive, finds its flock or rename failing and
+    starts over under a fresh name (:meth:`journal.Writer.append` loses nothing).
+    """
     now = time.time()
     try:
         pending = list_files(home / JOURNAL_DIR, PENDING_SUFFIX)
@@ -401,21 +412,22 @@ def _remove_stale_pending(home: Path, errors: list[str]) -> None:
         return
     for path in pending:
         try:
-            opened = probe(Path(path))
+            fd = open_regular(path)
         except FileNotFoundError:
             continue
         except OSError as exc:
             errors.append(describe(path, exc))
             continue
-        if opened is None:
+        if fd is None:
             continue
-        fd, done = opened
         try:
             st = os.fstat(fd)
-            if done and st.st_size == 0 and now - st.st_mtime > STALE_PENDING_S:
-                os.unlink(path)
-        except FileNotFoundError:
-            pass
+            if st.st_size != 0 or now - st.st_mtime <= STALE_PENDING_S:
+                continue  # being created (or in use): not ours to touch, not even its lock
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(path)
+        except (BlockingIOError, FileNotFoundError):
+            pass  # its writer holds it after all, or it is gone
         except OSError as exc:
             errors.append(describe(path, exc))
         finally:
@@ -445,13 +457,16 @@ def _remove_stale_temporaries(home: Path, errors: list[str]) -> int:
                 continue
             path = directory / name
             try:
-                st = os.lstat(path)
-                if not stat.S_ISREG(st.st_mode):
+                fd = open_regular(path)
+                if fd is None:
                     continue
-                if not name.startswith(own) and now - st.st_mtime < STALE_TEMP_S:
-                    continue
-                fd = os.open(path, READ_FLAGS)
                 try:
+                    # The age of the file opened, before its lock is tried: a temp file
+                    # of the same name created meanwhile is fresh, and its writer locks
+                    # it only after creating it (see _remove_stale_pending).
+                    st = os.fstat(fd)
+                    if not name.startswith(own) and now - st.st_mtime < STALE_TEMP_S:
+                        continue
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     os.unlink(path)
                 finally:

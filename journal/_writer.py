@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 TOMBSTONE_TYPE = "forgotten"
 # A UUIDv7 (of 1970), to check a record before its journal exists: same size as any id.
 _STAND_IN_ID = "00000000-0000-7000-8000-000000000000"
+# New names a writer tries before it gives up: each failure needs a cleanup that found
+# the fresh file a minute old (see Writer._create), so one retry is already rare.
+_CREATE_TRIES = 100
 
 
 class Writer:
@@ -193,9 +196,29 @@ class Writer:
 
     def _create(self, pid: int) -> tuple[int, str]:
         """A new journal, locked, under its final name (durable in ``journal/`` with fsync
-        on). On failure nothing is left behind but what could not be removed."""
+        on). On failure nothing is left behind but what could not be removed.
+
+        Between the create and the flock, the compactor's cleanup of stale ``.new`` files
+        could in principle hold the new file's lock (it tries only files it found empty
+        and a minute old, and removes them): then the flock fails, or the rename finds
+        the file gone, and the writer starts over under a fresh name rather than give up
+        the record (docs/reliability.md, "No lost wake-up").
+        """
         ensure_dir(self.home)  # neither it nor journal/ may be a symlink
         directory = ensure_dir(os.path.join(self.home, JOURNAL_DIR))
+        for _ in range(_CREATE_TRIES):
+            created = self._try_create(pid, directory)
+            if created is not None:
+                self._size = 0
+                return created
+        raise StorageError(
+            f"cannot create a journal in {directory}: each new file was taken or removed "
+            f"before it could be locked ({_CREATE_TRIES} tries); is another program "
+            "cleaning that directory?"
+        )
+
+    def _try_create(self, pid: int, directory: str) -> tuple[int, str] | None:
+        """One try of :meth:`_create`: None if the cleanup got to the file first."""
         name = f"{pid}-{os.urandom(8).hex()}{JOURNAL_SUFFIX}"
         path = os.path.join(directory, name)
         pending = path + PENDING_SUFFIX
@@ -206,20 +229,30 @@ class Writer:
             raise StorageError(f"cannot create a journal in {directory}: {exc.strerror}") from None
         current = pending
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.rename(pending, path)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.rename(pending, path)
+            except (BlockingIOError, FileNotFoundError):
+                # The cleanup holds the file, or removed it before we locked it: it is
+                # not ours to append to. Its name was ours alone: drop it, try anew.
+                _discard(pending, fd)
+                return None
             current = path
             if self.fsync:
                 fsync_dir(directory)
         except OSError as exc:
-            try:  # noqa: SIM105 - not contextlib: see the module's docstring
-                os.unlink(current)
-            except OSError:
-                pass  # an empty journal, or ".new": the compactor removes either
-            os.close(fd)
+            _discard(current, fd)
             raise StorageError(f"cannot open journal {path}: {exc.strerror}") from None
-        self._size = 0
         return fd, path
+
+
+def _discard(path: str, fd: int) -> None:
+    """Remove a journal this writer just created (if it still can) and close it."""
+    try:  # noqa: SIM105 - not contextlib: see the module's docstring
+        os.unlink(path)
+    except OSError:
+        pass  # gone already, or an empty journal or ".new" the compactor removes later
+    os.close(fd)
 
 
 _ids = Clock()

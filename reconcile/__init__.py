@@ -53,6 +53,7 @@ __all__ = [
     "Settings",
     "VerifyReport",
     "check_hit",
+    "compaction_running",
     "configure_logging",
     "connect",
     "database_activity",
@@ -72,6 +73,7 @@ __all__ = [
     "reconcile_session",
     "reconciler_running",
     "redact_url",
+    "release_lock",
     "replay_to_db",
     "run_hook",
     "resolve_url",
@@ -89,6 +91,7 @@ __all__ = [
     "settle",
     "settle_pending",
     "settled_session",
+    "take_lock",
     "unsettled",
     "verdict",
     "verify",
@@ -142,7 +145,10 @@ _WHERE = {
     "Outcome": ("_engine", "Outcome"),
     "reconcile_session": ("_engine", "reconcile_session"),
     "settle": ("_engine", "settle"),
-    "reconciler_running": ("_outbox", "reconciler_running"),
+    "compaction_running": ("_lock", "compaction_running"),
+    "reconciler_running": ("_lock", "reconciler_running"),
+    "take_lock": ("_lock", "take_lock"),
+    "release_lock": ("_lock", "release_lock"),
     "ReconcileReport": ("_reconciler", "ReconcileReport"),
     "outbox_status": ("_reconciler", "outbox_status"),
     "run_reconciler": ("_reconciler", "run_reconciler"),
@@ -235,9 +241,9 @@ if TYPE_CHECKING:
         settled_session,
         verdict,
     )
+    from reconcile._lock import compaction_running, reconciler_running, release_lock, take_lock
     from reconcile._log import configure as configure_logging
     from reconcile._log import get_logger
-    from reconcile._outbox import reconciler_running
     from reconcile._reconciler import (
         ReconcileReport,
         outbox_status,

@@ -7,9 +7,9 @@ reconciler runs for the state directory and exits. The reconciler
 the outcomes, which later hooks read as hits.
 
 "Makes sure one runs" costs two system calls when one does: the hook tries
-``reconcile.lock`` without blocking. If the lock is free and no backoff is in force, the
-hook keeps it and hands it to the reconciler it starts (the child inherits the locked
-descriptor), so a burst of hooks starts one reconciler, not one each.
+``reconcile.lock`` without blocking (:mod:`reconcile._lock`). If the lock is free and no
+backoff is in force, the hook keeps it and hands it to the reconciler it starts (the child
+inherits the locked descriptor), so a burst of hooks starts one reconciler, not one each.
 
 Like the hit path, this module imports only the standard library and the journal's
 writer: it runs in the hook process.
@@ -17,7 +17,6 @@ writer: it runs in the hook process.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sys
 import time
@@ -25,18 +24,15 @@ import time
 from journal import Writer
 from reconcile import _backoff as backoff
 from reconcile._fast import MISS, OBSERVED, UNSETTLED, Observation
+from reconcile._lock import compaction_running, release_lock, take_lock
 
 TYPE_CHECKING = False  # typing costs milliseconds in the hook; checkers see True
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-RECONCILE_LOCK = "reconcile.lock"
-COMPACT_LOCK = "compact.lock"
 COMPACT_THRESHOLD = 64  # RECONCILE_COMPACT_THRESHOLD's default
 
 _FALSE = ("0", "false", "no", "off")
-_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_MODE = 0o600
 
 # What the detached processes run: a fresh interpreter, isolated from the directory the
 # hook runs in (the user's project) and from PYTHON* variables; see _isolated.
@@ -89,40 +85,6 @@ def append_observation(
         return writer.append(observation.key, data, OBSERVED, after=after)
 
 
-def take_lock(home: str, name: str = RECONCILE_LOCK) -> int | None:
-    """The locked descriptor of ``home/name`` if no one holds it, else None."""
-    try:
-        fd = os.open(os.path.join(home, name), _LOCK_FLAGS, _FILE_MODE)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
-
-
-def lock_held(home: str, name: str) -> bool:
-    """Whether some process holds ``home/name`` (a shared probe, released at once)."""
-    try:
-        fd = os.open(os.path.join(home, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return False  # never taken yet, or unusable: let the process that needs it find out
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
-def reconciler_running(home: str | os.PathLike[str]) -> bool:
-    """Whether a reconciler runs for the state directory ``home``: whether some process
-    holds its ``reconcile.lock``. A probe (a shared lock tried and released at once): it
-    never keeps a reconciler from starting. False if the lock file does not exist yet."""
-    return lock_held(os.fspath(home), RECONCILE_LOCK)
 
 
 def ensure_reconciler(home: str, env: Mapping[str, str], *, now_s: float | None = None) -> str:
@@ -142,7 +104,7 @@ def ensure_reconciler(home: str, env: Mapping[str, str], *, now_s: float | None 
     except OSError:
         return "failed"
     finally:
-        os.close(fd)  # the child holds the lock now (or, if none started, no one does)
+        release_lock(fd)  # the child holds the lock now (or, if none started, no one does)
     return "started"
 
 
@@ -162,7 +124,7 @@ def maybe_compact(home: str, env: Mapping[str, str]) -> bool:
         )
     except OSError:
         return False
-    if count <= threshold or lock_held(home, COMPACT_LOCK):
+    if count <= threshold or compaction_running(home):  # a probe: it takes nothing
         return False
     try:
         max_entries = str(int(env.get("RECONCILE_MAX_ENTRIES") or 1000))

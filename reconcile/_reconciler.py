@@ -38,8 +38,8 @@ from reconcile import _backoff as backoff
 from reconcile._engine import NO_EXECUTOR, event_for
 from reconcile._errors import ConfigError, DatabaseUnavailableError, RejectedError, RowBusyError
 from reconcile._fast import REJECTED, UNRESOLVED, UNSETTLED, default_home, valid_value
+from reconcile._lock import adopt_lock, release_lock, take_lock
 from reconcile._log import configure, get_logger
-from reconcile._outbox import take_lock
 from reconcile._settings import Settings
 from reconcile._store import connect, decide
 
@@ -133,6 +133,8 @@ def settle_pending(
     give_up = time.monotonic() + retry_s
     try:
         while True:
+            if lock_fd is not None:  # handed over by a hook: mark it for probes here too
+                adopt_lock(run.home, lock_fd)
             fd = lock_fd if lock_fd is not None else _lock(run.home, wait_s)
             lock_fd = None
             if fd is None:
@@ -140,7 +142,7 @@ def settle_pending(
             try:
                 pause = run.step(linger_s, ignore_backoff=ignore_backoff)
             finally:
-                os.close(fd)  # released: a hook from now on may start a reconciler
+                release_lock(fd)  # released: a hook from now on may start a reconciler
             if pause is None:
                 # Look once more, lock released: whatever was appended while it was
                 # held had no reconciler started for it.
@@ -423,7 +425,7 @@ def outbox_status(settings: Settings, state: journal.State | None = None) -> dic
 
     ``state``: the journal's state if the caller has folded it already (folding it is
     most of the cost), else it is loaded here."""
-    from reconcile._outbox import reconciler_running
+    from reconcile._lock import reconciler_running
 
     home = str(settings.home)
     waiting = _waiting(journal.load(home) if state is None else state)

@@ -29,7 +29,7 @@ from reconcile_helpers import (
     wait_settled,
 )
 
-from reconcile._outbox import lock_held
+import reconcile
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def run_from(project: Path, command: list[str], home: Path, url: str, session_id
 def wait_compacted(home: Path, deadline_s: float = 180.0) -> None:
     """Until a compaction has written the snapshot and none runs (a condition, not a time)."""
     give_up = time.monotonic() + deadline_s
-    while not (home / "snapshot").exists() or lock_held(str(home), "compact.lock"):
+    while not (home / "snapshot").exists() or reconcile.compaction_running(home):
         assert time.monotonic() < give_up, f"no compaction of {home} in {deadline_s} s"
         time.sleep(0.05)
 

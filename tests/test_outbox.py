@@ -7,7 +7,6 @@ reconciler must be kept from starting, the test holds ``reconcile.lock`` itself.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import random
@@ -54,10 +53,13 @@ def executors(db: str, n: int) -> None:
 
 
 def hold_lock(home: Path) -> int:
-    """Hold ``reconcile.lock`` as a reconciler would: hooks start none meanwhile."""
+    """Hold ``reconcile.lock`` as a reconciler would (waiting for one that runs): hooks
+    start none meanwhile. Release it with :func:`reconcile.release_lock`."""
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(home / "reconcile.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    give_up = time.monotonic() + 180
+    while (fd := reconcile.take_lock(str(home))) is None:
+        assert time.monotonic() < give_up, "a reconciler held reconcile.lock for 3 minutes"
+        time.sleep(0.05)
     return fd
 
 
@@ -94,7 +96,7 @@ def test_a_burst_of_misses_is_settled_over_one_connection(tmp_path: Path, db: st
         assert (proc.returncode, out, err) == (0, b"", b"")
     assert connections(db) == before  # no hook touched the database
     assert [r.type for r in lines(home)] == ["session.observed"] * n
-    os.close(lock)  # it "died" without settling: the next hook starts one
+    reconcile.release_lock(lock)  # it "died" without settling: the next hook starts one
     run_hook(home, db, {"session_id": "new-0"}, RECONCILE_EXECUTOR_ID="e-0")
     wait_settled(home)
     assert connections(db) - before == 1
@@ -195,7 +197,7 @@ def test_sigkilled_reconcilers_lose_nothing_and_duplicate_no_audit_row(tmp_path:
     lock = hold_lock(home)
     for i in range(n):
         run_hook(home, db, {"session_id": f"new-{i}"}, RECONCILE_EXECUTOR_ID=f"e-{i}")
-    os.close(lock)
+    reconcile.release_lock(lock)
     rng = random.Random(1234)
     env = clean_env(RECONCILE_HOME=str(home), RECONCILE_DATABASE_URL=db)
     code = "import reconcile; reconcile.settle_pending(reconcile.Settings.from_env(), wait_s=60)"
@@ -291,7 +293,9 @@ def test_compaction_never_evicts_an_unsettled_observation(tmp_path: Path, db: st
     assert not list((home / "journal").glob("*.jnl"))  # all archived: the snapshot holds them
     assert {r.key for r in reconcile.unsettled(str(home))} == waiting
 
-    os.close(lock)  # the database answers again: the next tool use starts a reconciler
+    reconcile.release_lock(
+        lock
+    )  # the database answers again: the next tool use starts a reconciler
     run_hook(home, db, {"session_id": f"new-{settled}"}, RECONCILE_EXECUTOR_ID=f"e-{settled}")
     wait_settled(home)
     for i in range(settled + observed):
@@ -327,7 +331,7 @@ def test_the_compaction_a_hook_starts_never_evicts_an_unsettled_observation(
         keys = {r.key for r in reconcile.unsettled(str(home))}
         assert keys == {f"executor:e-{i}" for i in range(n)}
     finally:
-        os.close(lock)
+        reconcile.release_lock(lock)
 
 
 def test_the_reconciler_logs_what_it_could_not_read_once_and_settles_the_rest(
@@ -422,7 +426,7 @@ def test_an_observation_journaled_while_the_reconciler_works_is_settled_too(tmp_
     run_hook(home, db, {"session_id": "a-1"}, RECONCILE_EXECUTOR_ID="e-1")
     with psycopg.connect(db) as blocker:
         blocker.execute("SELECT 1 FROM executors WHERE id = 'e-0' FOR UPDATE")
-        os.close(lock)
+        reconcile.release_lock(lock)
         run_hook(home, db, {"session_id": "a-2"}, RECONCILE_EXECUTOR_ID="e-2")  # starts one
         give_up = time.monotonic() + 180
         while not query(
