@@ -83,7 +83,16 @@ def _kind(value: object) -> str:
 
 
 class Clock:
-    """Issues event ids, strictly increasing within a process.
+    """Issues event ids, each after the one before, whatever the wall clock does.
+
+    An id is the later of the clock and the last id plus one microsecond, so a clock
+    that stalls or steps back cannot make an id sort before one issued earlier: the ids
+    then run ahead of the clock, one microsecond apart, until it catches up. Strictly
+    increasing for the ids of one :class:`Clock`: each :class:`journal.Writer` has its
+    own, and so does :func:`journal.new_event_id`. A process of ours issues fresh ids
+    through one of them (a hook appends once; the reconciler's outcomes take the id of
+    the observation they answer, :func:`event_id_next_to`), so its ids stay in order
+    across clock steps (tests/test_clock_steps.py steps a real process's clock).
 
     Event ids are UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, 12 bits of
     sub-millisecond time, 62 random bits. They sort by time across processes with no

@@ -23,6 +23,9 @@ written at or after it (:func:`journal._fold.trim`): the floor is older than the
 The horizon comes first, not at the listing, because the earlier it is the fewer records
 fall in the window it leaves: a record whose id was issued before the horizon and whose
 line was written after its journal was read (docs/architecture.md, "The compactor").
+A snapshot's floor after the horizon is from the future (the clock stepped back since):
+it is dropped before the fold, and the floor written is this compaction's own, so a
+snapshot never keeps a floor ahead of its compactor's clock (docs/architecture.md, "Time").
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ from journal._hit import (
     QUARANTINE_DIR,
     SNAPSHOT,
     TEMP_SUFFIX,
+    event_time_us,
+    floor_in_force,
     list_files,
     open_regular,
 )
@@ -146,7 +151,8 @@ def _compact_locked(
     progress: Callable[[int, int], None] | None,
 ) -> CompactionReport:
     # The horizon, first of all: see the module's docstring.
-    horizon = timestamp(Clock().next())
+    horizon_id = Clock().next()
+    horizon = timestamp(horizon_id)
     errors: list[str] = []
     removed = _remove_stale_temporaries(home, errors)
     snap = read_snapshot(home / SNAPSHOT)
@@ -155,7 +161,11 @@ def _compact_locked(
     skips: Counter[str] = Counter(line.reason for line in snap.skipped if line.reason)
     table: Table = fold(snap.records)
     records = 0
-    floor = snap.floor
+    # A floor after the horizon is from the future: the clock stepped back since it was
+    # set, and records written since may sort below it. It is dropped, so they are folded,
+    # and the new floor is this compaction's own, older than the horizon: the snapshot
+    # never keeps a floor ahead of the clock that wrote it (docs/architecture.md, "Time").
+    floor = floor_in_force(snap.floor, event_time_us(horizon_id))
     try:
         journals = journal_files(home)
     except OSError as exc:

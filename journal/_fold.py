@@ -25,6 +25,10 @@ entry newer than one of them, evicted, would raise the floor above it and hide i
 good. So the floor is always older than the horizon. Entries of the horizon's own
 microsecond count as after it (their order against it is unknown). Like pinned records,
 they are kept even beyond the bound.
+
+A floor in the future (the clock stepped back since it was set) is not in force: the
+records written since may sort below it. Readers and the compactor pass ``None`` for it
+then (``journal._hit.floor_in_force``; docs/architecture.md, "Time").
 """
 
 from __future__ import annotations

@@ -462,6 +462,30 @@ def floor_of(header: object) -> tuple[str, str] | None:
     return None
 
 
+def floor_in_force(
+    floor: "tuple[str, str] | None", now_us: int | None = None
+) -> "tuple[str, str] | None":
+    """``floor``, or None if it is in the future: the clock stepped back since a
+    compaction set it, and then the records written since may sort below it, so it
+    cannot tell them from what was evicted (docs/architecture.md, "Time"). ``now_us``:
+    the time to compare with, Unix microseconds; the clock by default.
+
+    :func:`latest` calls it only for a record that the floor would drop (a miss
+    anyway), so a hit reads no clock for it.
+    """
+    if floor is None:
+        return None
+    if now_us is None:
+        import time  # loaded with the interpreter; read only below a floor, never on a hit
+
+        now_us = time.time_ns() // 1000
+    try:
+        at = event_time_us(floor[1])
+    except ValueError:  # not an event id: the snapshot's checksum held, so ours; keep it
+        return floor
+    return floor if at <= now_us else None
+
+
 # -- The read ------------------------------------------------------------------------------
 
 
@@ -476,7 +500,8 @@ def latest(home: "StrPath", key: str) -> "dict[str, Any] | None":
     Reads the snapshot and the journals and decodes only lines that mention ``key``;
     returns a plain dict (see docs/formats.md) so that no class is imported. Journal
     records at or below the snapshot's eviction floor count only for keys the snapshot
-    holds, exactly as in :func:`journal.load` (see :mod:`journal._fold`).
+    holds, exactly as in :func:`journal.load` (see :mod:`journal._fold`), unless the floor
+    is in the future (:func:`floor_in_force`).
 
     Where :func:`journal.load` would rebuild from the archive (a snapshot corrupt,
     unreadable, or missing while the archive is not empty), this returns None: a miss,
@@ -510,7 +535,12 @@ def latest(home: "StrPath", key: str) -> "dict[str, Any] | None":
     if (
         found is not None
         and newer(found, best)
-        and (best is not None or floor is None or (found["ts"], found["id"]) > floor)
+        and (
+            best is not None
+            or floor is None
+            or (found["ts"], found["id"]) > floor
+            or floor_in_force(floor) is None  # below a floor from the future: counts
+        )
     ):
         best = found
     return None if best is None or best["data"] is None else best

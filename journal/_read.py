@@ -33,6 +33,7 @@ from journal._hit import (
     JOURNAL_SUFFIX,
     NOT_A_FILE,
     SNAPSHOT,
+    floor_in_force,
     list_files,
     open_regular,
 )
@@ -152,15 +153,16 @@ def _load_once(
     skips: Counter[str] = Counter(line.reason for line in snap.skipped if line.reason)
     table = fold(snap.records)
     journals = _listed(home, JOURNAL_DIR, errors)  # before the archive: see above
+    in_force = floor_in_force(snap.floor)  # none from the future (docs/architecture.md)
     if not snap.intact or with_archive:
-        floor = None if not snap.intact else snap.floor
+        floor = None if not snap.intact else in_force
         listed = {path.name for path in journals}
         for path in _listed(home, ARCHIVE_DIR, errors):
             if path.name in listed:
                 continue  # archived between the two listings: folded once, below
             _fold_named(table, home, path.name, skips, errors, floor, archived_first=True)
     for path in journals:
-        _fold_named(table, home, path.name, skips, errors, snap.floor, archived_first=False)
+        _fold_named(table, home, path.name, skips, errors, in_force, archived_first=False)
     try:
         stable = snap.error is not None or identity(home / SNAPSHOT) == snap.identity
     except OSError:

@@ -267,18 +267,28 @@ def classify(
     database has no executor for it, no longer ago than ``negative_ttl_s``.
     :data:`WAITING`: it is an observation of this session id, not settled yet.
     :data:`MISS`: anything else.
+
+    An age is fresh within the limit either way: ``-limit <= age <= limit``. A record
+    from the future (journaled while the clock was ahead, then stepped back) has a
+    negative age; counted as fresh, it would be trusted for the step plus the limit. So
+    one more than ``limit`` ahead is stale now, and one less is trusted until its own
+    time plus ``limit``: at most twice the limit from now, whatever the step
+    (docs/architecture.md, "Time"). Arithmetic only: this is the hit path.
     """
     if record is None:
         return MISS
     live = observation.session_id
     age_us = now_us - event_time_us(record["id"])
     if settled_session(record) == live:
-        fresh = not observation.agent_keyed or age_us <= max_age_s * 1e6
-        return HIT if fresh else MISS
+        if not observation.agent_keyed:
+            return HIT
+        limit = max_age_s * 1e6
+        return HIT if -limit <= age_us <= limit else MISS
     if observed_session(record) != live:
         return MISS
     if record["type"] == UNRESOLVED:
-        return HIT if age_us <= negative_ttl_s * 1e6 else MISS
+        limit = negative_ttl_s * 1e6
+        return HIT if -limit <= age_us <= limit else MISS
     return WAITING
 
 

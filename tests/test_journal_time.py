@@ -149,3 +149,22 @@ def test_an_abandoned_pending_journal_is_removed_only_when_stale(tmp_path):
         os.utime(pending, (now - 61, now - 61))
         journal.compact(tmp_path)
     assert not pending.exists()
+
+
+def test_a_floor_from_the_future_hides_nothing_written_after_a_step_back(tmp_path):
+    # Written and compacted an hour ahead: the floor is an hour ahead of the real time.
+    _append_at(tmp_path, "2026-03-01 13:00:01", "a", {"n": 1})
+    _append_at(tmp_path, "2026-03-01 13:00:02", "b", {"n": 2})
+    with freeze_time("2026-03-01 13:00:10"):
+        assert journal.compact(tmp_path, max_entries=1).evicted == 1
+    # The clock steps back an hour: a new key sorts below the floor, and counts.
+    _append_at(tmp_path, "2026-03-01 12:00:05", "c", {"n": 3})
+    with freeze_time("2026-03-01 12:00:06"):
+        assert journal.latest(tmp_path, "c")["data"] == {"n": 3}
+        assert journal.load(tmp_path)["c"].data == {"n": 3}
+        journal.compact(tmp_path, max_entries=2)  # drops the floor from the future
+        assert journal.load(tmp_path)["c"].data == {"n": 3}
+    # An old record of the key evicted in the future era comes back only as itself.
+    assert journal.latest(tmp_path, "a") is None
+    with freeze_time("2026-03-01 14:00:00"):  # the floor in force again is this one's own
+        assert journal.latest(tmp_path, "c")["data"] == {"n": 3}

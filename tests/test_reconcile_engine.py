@@ -212,6 +212,23 @@ def test_identity_sources_and_precedence():
     assert slash.key != other.key
 
 
+def test_an_answer_from_the_future_is_trusted_no_longer_than_its_limit(settings):
+    # Journaled while the clock was an hour ahead, then the clock stepped back.
+    nobody, agent = {"RECONCILE_AGENT_ID": "a-3"}, {"RECONCILE_AGENT_ID": "a-1"}
+    with freeze_time("2031-06-01 11:00:00"):
+        assert reconcile_session(settings, nobody, {"session_id": "s"}).kind == "unresolved"
+        assert reconcile_session(settings, agent, {"session_id": "s"}).kind == "reconciled"
+    with freeze_time("2031-06-01 10:00:00"):  # an hour old in the future: asked again
+        assert reconcile_session(settings, nobody, {"session_id": "s"}).kind == "unresolved"
+        assert reconcile_session(settings, agent, {"session_id": "s"}).kind == "confirmed"
+    # The new answers sort after the old ones (an hour ahead still): trusted once within
+    # the limit of their time, either side of it (60 s negative TTL, 300 s max age).
+    with freeze_time("2031-06-01 10:59:30"):
+        assert reconcile_session(settings, nobody, {"session_id": "s"}).kind == "hit"
+    with freeze_time("2031-06-01 10:56:00"):
+        assert reconcile_session(settings, agent, {"session_id": "s"}).kind == "hit"
+
+
 def test_agent_keyed_entries_revalidate_after_max_age(settings):
     # In the future of every id issued so far: event ids never go back in time.
     env = {"RECONCILE_AGENT_ID": "a-1"}
