@@ -121,9 +121,10 @@ _MARK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _flock_struct(kind: int) -> bytes:
-    """Linux's ``struct flock`` for the whole file, ``l_pid`` 0 (as OFD locks want)."""
-    import struct
-
-    layout = struct.Struct("hhqqi")  # l_type, l_whence, l_start, l_len, l_pid
-    raw = layout.pack(kind, os.SEEK_SET, 0, 0, 0)
-    return raw + b"\0" * (-len(raw) % 8)  # the C struct's trailing padding
+    """Linux's ``struct flock`` for the whole file, ``l_pid`` 0 (as OFD locks want):
+    ``short l_type, l_whence``, padding, ``off_t l_start, l_len``, ``pid_t l_pid``,
+    padding; laid out by hand, since ``struct`` costs the hook a module (LP64 Linux,
+    the only place OFD locks are used)."""
+    order = sys.byteorder
+    head = kind.to_bytes(2, order) + os.SEEK_SET.to_bytes(2, order) + bytes(4)
+    return head + bytes(8) + bytes(8) + bytes(4) + bytes(4)

@@ -19,7 +19,6 @@ library and the journal's already-loaded functions only.
 from __future__ import annotations
 
 import os
-import random
 import time
 
 from journal import parse_json
@@ -71,7 +70,9 @@ def capped_until(record: dict[str, object] | None, now_s: float) -> float:
 def delay_s(failures: int, cap_s: float) -> float:
     """The wait after the ``failures``-th failure in a row: doubling from 1 s up to
     ``cap_s``, equal jitter (half fixed, half random: processes that failed together do
-    not come back together)."""
+    not come back together). Only reconcilers call it: ``random`` is not the hook's."""
+    import random
+
     delay = min(cap_s, BASE_S * 2.0 ** min(max(failures, 1) - 1, 30))
     return delay / 2 + random.uniform(0, delay / 2)
 
