@@ -85,8 +85,6 @@ def append_observation(
         return writer.append(observation.key, data, OBSERVED, after=after)
 
 
-
-
 def ensure_reconciler(home: str, env: Mapping[str, str], *, now_s: float | None = None) -> str:
     """Start a reconciler unless one runs or the database is in backoff.
 

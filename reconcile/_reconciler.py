@@ -216,15 +216,17 @@ class _Run:
 
     def todo(self) -> list[journal.Record]:
         """The observations to try now: unsettled, not tried by this run, and not of a
-        key whose row is waited for."""
+        key whose row is waited for; those of keys whose rows failed before come last,
+        so that a locked row never stands in front of a newcomer."""
         state = journal.load(self.home)
         self._note_read_problems(state)
         now = time.monotonic()
-        return [
+        due = [
             r
             for r in _waiting(state)
             if r.id not in self.tried and self.delayed.get(r.key, (0, 0.0))[1] <= now
         ]
+        return sorted(due, key=lambda r: r.key in self.delayed)  # stable: oldest first
 
     def _note_read_problems(self, state: journal.State) -> None:
         """Log, once per run, the files the journal could not read and its skipped lines."""
