@@ -98,8 +98,10 @@ def status_data(settings: reconcile.Settings) -> dict[str, Any]:
     state = journal.load(settings.home)
     files = journal.inventory(settings.home)
     database = _probe.database(settings)
+    ignored = _probe.ignored_settings()
     return {
         "home": str(settings.home),
+        "settings_ignored": ignored,
         "entries": len(state),
         "max_entries": settings.max_entries,
         "pending": sum(1 for record in state.values() if record.type in reconcile.UNSETTLED),
@@ -107,7 +109,7 @@ def status_data(settings: reconcile.Settings) -> dict[str, Any]:
         **files.to_dict(),
         "database": database,
         "outbox": reconcile.outbox_status(settings, state),  # the same fold, not a second
-        "next_step": _probe.database_next_step(database),
+        "next_step": _probe.settings_next_step(ignored) or _probe.database_next_step(database),
     }
 
 
@@ -117,6 +119,14 @@ def status_rows(d: dict[str, Any]) -> list[tuple[str, str | None]]:
     reasons = ", ".join(f"{n} {reason}" for reason, n in d["skipped"].items() if n)
     return [
         ("state directory", d["home"]),
+        *(
+            (
+                "setting ignored",
+                f"{bad['variable']}={bad['value']!r}: {bad['error']} "
+                f"(the default {bad['default']} is used)",
+            )
+            for bad in d["settings_ignored"]
+        ),
         ("cache", f"{plural(d['entries'], 'entry', 'entries')} of at most {d['max_entries']}"),
         ("pending", f"{d['pending']} (observed, not yet settled with the database)"),
         ("oldest pending", d["outbox"]["oldest_unsettled"]),

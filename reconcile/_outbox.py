@@ -179,10 +179,7 @@ def maybe_compact(home: str, env: Mapping[str, str]) -> bool:
     Journals stay bounded with no cron: each hook that wrote counts them (one
     ``listdir``). Returns whether a compactor was started.
     """
-    try:
-        threshold = int(env.get("RECONCILE_COMPACT_THRESHOLD") or COMPACT_THRESHOLD)
-    except ValueError:
-        threshold = COMPACT_THRESHOLD
+    threshold = _positive_int(env, "RECONCILE_COMPACT_THRESHOLD", COMPACT_THRESHOLD)
     try:
         count = sum(
             1 for name in os.listdir(os.path.join(home, "journal")) if name.endswith(".jnl")
@@ -191,16 +188,23 @@ def maybe_compact(home: str, env: Mapping[str, str]) -> bool:
         return False
     if count <= threshold or lock_held(home, COMPACT_LOCK):
         return False
-    try:
-        max_entries = str(int(env.get("RECONCILE_MAX_ENTRIES") or 1000))
-    except ValueError:
-        max_entries = "1000"
+    max_entries = str(_positive_int(env, "RECONCILE_MAX_ENTRIES", 1000))
     try:
         home = os.path.abspath(home)  # the child runs elsewhere
         spawn(_isolated(home, _COMPACTOR, home, max_entries, *UNSETTLED), env)
     except OSError:
         return False
     return True
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    """A count variable, the default if unset, malformed or not positive (as the
+    reconciler's settings take it: docs/operations.md, "Settings")."""
+    try:
+        value = int(env.get(name) or default)
+    except ValueError:
+        return default
+    return value if value > 0 else default
 
 
 def spawn(argv: list[str], env: Mapping[str, str], *, keep_fd: int | None = None) -> int:

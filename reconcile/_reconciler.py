@@ -35,8 +35,8 @@ import attrs
 
 import journal
 from reconcile._engine import NO_EXECUTOR, event_for
-from reconcile._errors import ConfigError, DatabaseUnavailableError, RejectedError
-from reconcile._fast import REJECTED, UNRESOLVED, UNSETTLED, default_home, valid_value
+from reconcile._errors import DatabaseUnavailableError, RejectedError
+from reconcile._fast import REJECTED, UNRESOLVED, UNSETTLED, valid_value
 from reconcile._log import configure, get_logger
 from reconcile._outbox import BACKOFF, read_backoff, take_lock
 from reconcile._settings import Settings
@@ -74,12 +74,7 @@ def run_reconciler(argv: Sequence[str]) -> int:
         os.closerange(lock_fd + 1, 1 << 16)
     os.chdir("/")
     try:
-        try:
-            settings = Settings.from_env(os.environ)
-        except ConfigError:  # log it under the home alone, then give up
-            configure(Settings(home=default_home(os.environ)))
-            raise
-        configure(settings)
+        settings = _settings(os.environ)
         settle_pending(settings, lock_fd=lock_fd, linger_s=settings.linger_s)
     except BaseException as exc:  # a detached process: the log is its only voice
         get_logger().error("reconciler.failed", error=f"{type(exc).__name__}: {exc}"[:500])
@@ -91,8 +86,7 @@ def run_now(env: Mapping[str, str]) -> str:
     (waiting for a running reconciler at most the statement timeout), whatever the
     backoff. Returns ``"settled"``, ``"busy"`` or ``"failed"``; never raises."""
     try:
-        settings = Settings.from_env(env)
-        configure(settings)
+        settings = _settings(env)
         report = settle_pending(settings, wait_s=settings.statement_timeout_s, ignore_backoff=True)
     except Exception as exc:
         get_logger().error("reconciler.failed", error=f"{type(exc).__name__}: {exc}"[:500])
@@ -100,6 +94,17 @@ def run_now(env: Mapping[str, str]) -> str:
     if report.error is not None:
         return "failed"
     return "busy" if report.busy else "settled"
+
+
+def _settings(env: Mapping[str, str]) -> Settings:
+    """The settings of a process nobody watches, logging configured: a malformed variable
+    takes the default the hook takes too, and is logged (``settings.ignored``) instead of
+    keeping every observation unsettled (docs/operations.md, "Settings")."""
+    settings = Settings.from_env(env, ignore_malformed=True)
+    configure(settings)
+    for bad in Settings.malformed(env):
+        get_logger().warning("settings.ignored", **bad.to_dict(), hint=bad.message())
+    return settings
 
 
 def settle_pending(
