@@ -34,7 +34,7 @@ from typing import Any
 import attrs
 
 import journal
-from reconcile._engine import NO_EXECUTOR, event_for
+from reconcile._engine import NO_EXECUTOR, append_fitted, event_for
 from reconcile._errors import DatabaseUnavailableError, RejectedError
 from reconcile._fast import REJECTED, UNRESOLVED, UNSETTLED, valid_value
 from reconcile._log import configure, get_logger
@@ -321,7 +321,7 @@ def _append(
     event_id: str | None = None,
 ) -> None:
     try:
-        writer.append(key, data, event_type, event_id=event_id)
+        append_fitted(writer, key, data, event_type, event_id=event_id)  # cut to fit
     except journal.JournalError as exc:  # committed already: the database stays right,
         # and the observation, still unsettled, is confirmed by the next reconciler
         get_logger().error("journal.append_failed", key=key, error=str(exc))

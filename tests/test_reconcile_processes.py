@@ -7,6 +7,7 @@ observations to be settled (``wait_settled``) before it looks at the database.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import psycopg
@@ -14,6 +15,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from reconcile_helpers import (
     audit_rows,
+    cli,
     hook_process,
     query,
     run_hook,
@@ -177,3 +179,43 @@ def wait_settled_or_backoff(home: Path) -> None:
     while reconciler_running(home):
         assert time.monotonic() < give_up, "a reconciler kept running"
         time.sleep(0.05)
+
+
+def test_database_values_too_long_for_a_record_are_cut_and_the_key_settles(tmp_path: Path, db: str):
+    """An agent name and team of 5,000 characters (and a terminal executor's stored id of
+    as many) make the outcome record exceed one journal line: it used to be dropped
+    (journal.append_failed) after the row was updated and audited, leaving the key
+    pending. The record now holds their start and says which fields were cut."""
+    name, team, stored = "n" * 5000, "t" * 5000, "s" * 5000
+    seed(
+        db,
+        [("a-9", name, team, "e-9")],
+        [("e-9", "a-9", "s-old", "running"), ("e-10", "a-9", stored, "done")],
+    )
+    home = tmp_path / "home"
+    run_hook(home, db, {"session_id": "s-new"}, RECONCILE_EXECUTOR_ID="e-9")
+    run_hook(home, db, {"session_id": "s-live"}, RECONCILE_EXECUTOR_ID="e-10")
+    wait_settled(home)
+
+    assert session_of(db, "e-9") == "s-new" and session_of(db, "e-10") == stored
+    state = journal.load(home)
+    reconciled, preserved = state["executor:e-9"], state["executor:e-10"]
+    assert reconciled.type == "session.reconciled"
+    assert reconciled.data["new_session_id"] == "s-new"  # what the hit needs, whole
+    assert reconciled.data["truncated"] == ["agent", "team"]
+    assert name.startswith(reconciled.data["agent"]) and team.startswith(reconciled.data["team"])
+    assert preserved.type == "session.divergence_preserved"
+    assert preserved.data["live_session_id"] == "s-live"
+    assert preserved.data["truncated"] == ["agent", "team", "stored_session_id"]
+    [(event_id, _, actor, details)] = audit_rows(db, "e-9")  # the audit row holds it whole
+    assert (event_id, actor, details["team"]) == (reconciled.id, name, team)
+
+    status = cli("status", "--json", home=home, url=db)
+    assert json.loads(status.stdout)["pending"] == 0
+    settings = Settings.from_env({}, home=home, database_url=db)
+    assert verify(settings, db=True).ok  # the cut stored id is compared by its start
+    run_hook(home, db, {"session_id": "s-new"}, RECONCILE_EXECUTOR_ID="e-9")  # a hit now
+    assert [r.type for r in journal.history(home) if r.key == "executor:e-9"] == [
+        "session.observed",
+        "session.reconciled",
+    ]
