@@ -234,6 +234,17 @@ def forget(args: Any, settings: reconcile.Settings) -> int:
     if args.key not in state:
         print(f"reconcile: {_no_entry(args.key, state)}; nothing forgotten", file=sys.stderr)
         return 1
+    latest = state[args.key]
+    if latest.type in reconcile.UNSETTLED:  # only the journal knows it: never discard it
+        print(
+            f"reconcile: {args.key}'s latest record is an observation the database has not "
+            f"settled yet (session {(latest.data or {}).get('session_id')!r}, {latest.ts}); "
+            "forgetting it would discard it. Settle it first: `reconcile replay --to-db` "
+            "(or wait for the reconciler: `reconcile status` shows what is pending), then "
+            "forget; nothing forgotten",
+            file=sys.stderr,
+        )
+        return 1
     with journal.Writer(settings.home, fsync=settings.fsync) as writer:
         event_id = writer.forget(args.key, type=reconcile.FORGOTTEN)
     if args.json:

@@ -46,6 +46,24 @@ def home(tmp_path: Path) -> Path:
 # -- operator commands ------------------------------------------------------------------
 
 
+def test_forget_never_discards_an_unsettled_observation(home, db):
+    """A tombstone after an observation the database never saw made it superseded: pending
+    0, replay --to-db with nothing to do, the row never told the session id."""
+    down = "postgresql://x@127.0.0.1:9/d"
+    run_hook(home, down, {"session_id": "s-new"}, RECONCILE_EXECUTOR_ID="e-1")
+    wait_idle(home)
+    refused = cli("forget", "executor:e-1", home=home)
+    assert refused.returncode == 1 and refused.stdout == b""
+    assert b"not settled yet" in refused.stderr and b"reconcile replay --to-db" in refused.stderr
+    assert [r.type for r in journal.history(home)] == ["session.observed"]  # nothing written
+    assert json.loads(cli("status", "--json", home=home, url=db).stdout)["pending"] == 1
+
+    replayed = cli("replay", "--to-db", home=home, url=db)  # the way the message names
+    assert replayed.returncode == 0, replayed.stderr
+    assert session_of(db, "e-1") == "s-new"
+    assert cli("forget", "executor:e-1", home=home).returncode == 0  # settled: forgettable
+
+
 def test_status_show_forget_compact(home, db):
     run_hook(home, db, {"session_id": "s-new"}, RECONCILE_EXECUTOR_ID="e-1")
     wait_settled(home)
