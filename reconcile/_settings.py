@@ -44,6 +44,11 @@ def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
         raise ConfigError(f"{attribute.metadata['env']} must be positive, got {value}")
 
 
+def _not_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value < 0:
+        raise ConfigError(f"{attribute.metadata['env']} must be 0 or more, got {value}")
+
+
 @attrs.frozen
 class Malformed:
     """A ``RECONCILE_*`` variable that cannot be used, and the default used instead."""
@@ -96,7 +101,7 @@ class Settings:
     sync: bool = attrs.field(default=False, **_env("RECONCILE_SYNC", _bool))
     linger_s: float = attrs.field(default=2.0, **_env("RECONCILE_LINGER", float))
     compact_threshold: int = attrs.field(
-        default=64, validator=_positive, **_env("RECONCILE_COMPACT_THRESHOLD", int)
+        default=64, validator=_not_negative, **_env("RECONCILE_COMPACT_THRESHOLD", int)
     )
     fsync: bool = attrs.field(default=True, **_env("RECONCILE_FSYNC", _bool))
     log_max_bytes: int = attrs.field(

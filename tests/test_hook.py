@@ -150,10 +150,10 @@ def test_a_malformed_setting_takes_its_default_and_is_named(home, db, tmp_path):
     assert "RECONCILE_STATEMENT_TIMEOUT" in report["next_step"]
 
     # A command that acts refuses, naming the variable and what to do.
-    compact = cli("compact", home=home, url=db, RECONCILE_COMPACT_THRESHOLD="0")
+    compact = cli("compact", home=home, url=db, RECONCILE_MAX_ENTRIES="0")
     assert compact.returncode == 2
-    assert b"RECONCILE_COMPACT_THRESHOLD='0': must be positive" in compact.stderr
-    assert b"unset it for the default (64)" in compact.stderr
+    assert b"RECONCILE_MAX_ENTRIES='0': must be positive" in compact.stderr
+    assert b"unset it for the default (1000)" in compact.stderr
 
 
 def test_hook_with_unusable_home_changes_nothing_until_it_is_usable(tmp_path, db):
