@@ -40,7 +40,7 @@ from reconcile._fast import REJECTED, UNRESOLVED, UNSETTLED, valid_value
 from reconcile._log import configure, get_logger
 from reconcile._outbox import BACKOFF, read_backoff, take_lock
 from reconcile._settings import Settings
-from reconcile._store import connect, decide
+from reconcile._store import STALE, connect, decide
 
 BACKOFF_BASE_S = 1.0
 _IDENTITY_FIELDS = ("executor_id", "agent_id", "agent_name", "team")
@@ -292,6 +292,7 @@ def settle_one(
             session_id=session_id,
             event_id=event_id,
             deadline_s=settings.statement_timeout_s,
+            observed_us=journal.event_time_us(record.id),
             **fields,
         )
     except RejectedError as exc:
@@ -299,6 +300,9 @@ def settle_one(
     if decision.outcome == NO_EXECUTOR:
         _append(writer, record.key, outcome_data, UNRESOLVED, event_id)
         return "unresolved"
+    if decision.outcome == STALE:  # a respawn while it waited: not this executor's id
+        why = f"executor {decision.executor_id} began after it was observed; not written"
+        return _reject(writer, record, outcome_data, why)
     event_type, event_data = event_for(decision, session_id)
     _append(writer, record.key, event_data, event_type, event_id)
     return decision.outcome

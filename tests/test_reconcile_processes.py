@@ -21,6 +21,7 @@ from reconcile_helpers import (
     run_hook,
     seed,
     session_of,
+    wait_idle,
     wait_settled,
 )
 
@@ -219,3 +220,56 @@ def test_database_values_too_long_for_a_record_are_cut_and_the_key_settles(tmp_p
         "session.observed",
         "session.reconciled",
     ]
+
+
+def test_a_late_settlement_never_writes_onto_an_executor_spawned_after_it(tmp_path: Path, db: str):
+    """Observed by agent identity while the database was away, settled after a respawn:
+    the agent's current executor is then one that did not exist when the session id was
+    seen. Writing it there put an old session's id on the new executor."""
+    seed(db, [("a-1", "alice", "core", "e-1")], [("e-1", "a-1", "s-old", "running")])
+    home = tmp_path / "home"
+    down = "postgresql://postgres@127.0.0.1:9/gone"
+    run_hook(home, down, {"session_id": "s-1"}, GENIE_AGENT_NAME="alice", GENIE_TEAM="core")
+    wait_idle(home)
+    [observed] = journal.history(home)
+    # The respawn, after the observation: the database's clock has passed its time.
+    _wait_database_clock_past(db, observed.id)
+    seed(db, [], [("e-2", "a-1", "s-2", "running")])
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("UPDATE agents SET current_executor_id = 'e-2' WHERE id = 'a-1'")
+
+    replayed = cli("replay", "--to-db", "--json", home=home, url=db)  # a real process
+    assert replayed.returncode == 0, replayed.stderr
+    assert session_of(db, "e-2") == "s-2"  # the new executor keeps its own session
+    assert session_of(db, "e-1") == "s-old"
+    assert audit_rows(db) == []
+    latest = journal.load(home)["agent-name:core/alice"]
+    assert latest.type == "session.rejected" and "after it was observed" in latest.data["error"]
+    assert json.loads(cli("status", "--json", home=home, url=db).stdout)["pending"] == 0
+
+    # The session, if it still runs, is observed afresh by its next hook and settles
+    # by the usual rule (here: after the agent max age, as for any agent-keyed entry).
+    run_hook(
+        home,
+        db,
+        {"session_id": "s-3"},
+        GENIE_AGENT_NAME="alice",
+        GENIE_TEAM="core",
+    )
+    wait_settled(home)
+    assert session_of(db, "e-2") == "s-3"
+
+
+def _wait_database_clock_past(url: str, event_id: str) -> None:
+    """Until the database's now() is past the event's time (clocks of one machine)."""
+    import time
+
+    limit = time.monotonic() + 60
+    while True:
+        [(after,)] = query(
+            url, "SELECT now() > to_timestamp(%s / 1e6)", (journal.event_time_us(event_id),)
+        )
+        if after:
+            return
+        assert time.monotonic() < limit, "the database clock never passed the observation"
+        time.sleep(0.01)
