@@ -66,9 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sync", action="store_true", help="settle before exiting (RECONCILE_SYNC)")
 
     p = command("status", _commands.status, "what the cache and the database look like")
+    p.set_defaults(diagnoses=True)
     p.add_argument("--json", action="store_true")
 
     p = command("doctor", _doctor.run, "check the set-up and say the next step", home=False)
+    p.set_defaults(diagnoses=True)
     p.add_argument("--settings", help="Claude Code settings (default ~/.claude/settings.json)")
     p.add_argument("--json", action="store_true")
 
@@ -160,8 +162,13 @@ def run(argv: list[str]) -> int:
             return int(args.handler(args, extra))
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        # A malformed RECONCILE_* variable stops a command here, naming it, except the
+        # two that diagnose: they run on the defaults and name it (docs/operations.md).
         settings = reconcile.Settings.from_env(
-            os.environ, home=args.home, database_url=args.database_url
+            os.environ,
+            ignore_malformed=getattr(args, "diagnoses", False),
+            home=args.home,
+            database_url=args.database_url,
         )
         if args.needs_home:  # doctor, install-hooks and demo leave the home alone
             _check_home(settings.home)  # first: logging writes under the home

@@ -98,8 +98,10 @@ def status_data(settings: reconcile.Settings) -> dict[str, Any]:
     state = journal.load(settings.home)
     files = journal.inventory(settings.home)
     database = _probe.database(settings)
+    ignored = _probe.ignored_settings()
     return {
         "home": str(settings.home),
+        "settings_ignored": ignored,
         "entries": len(state),
         "max_entries": settings.max_entries,
         "pending": sum(1 for record in state.values() if record.type in reconcile.UNSETTLED),
@@ -107,7 +109,7 @@ def status_data(settings: reconcile.Settings) -> dict[str, Any]:
         **files.to_dict(),
         "database": database,
         "outbox": reconcile.outbox_status(settings, state),  # the same fold, not a second
-        "next_step": _probe.database_next_step(database),
+        "next_step": _probe.settings_next_step(ignored) or _probe.database_next_step(database),
     }
 
 
@@ -117,6 +119,14 @@ def status_rows(d: dict[str, Any]) -> list[tuple[str, str | None]]:
     reasons = ", ".join(f"{n} {reason}" for reason, n in d["skipped"].items() if n)
     return [
         ("state directory", d["home"]),
+        *(
+            (
+                "setting ignored",
+                f"{bad['variable']}={bad['value']!r}: {bad['error']} "
+                f"(the default {bad['default']} is used)",
+            )
+            for bad in d["settings_ignored"]
+        ),
         ("cache", f"{plural(d['entries'], 'entry', 'entries')} of at most {d['max_entries']}"),
         ("pending", f"{d['pending']} (observed, not yet settled with the database)"),
         ("oldest pending", d["outbox"]["oldest_unsettled"]),
@@ -223,6 +233,17 @@ def forget(args: Any, settings: reconcile.Settings) -> int:
     state = journal.load(settings.home)
     if args.key not in state:
         print(f"reconcile: {_no_entry(args.key, state)}; nothing forgotten", file=sys.stderr)
+        return 1
+    latest = state[args.key]
+    if latest.type in reconcile.UNSETTLED:  # only the journal knows it: never discard it
+        print(
+            f"reconcile: {args.key}'s latest record is an observation the database has not "
+            f"settled yet (session {(latest.data or {}).get('session_id')!r}, {latest.ts}); "
+            "forgetting it would discard it. Settle it first: `reconcile replay --to-db` "
+            "(or wait for the reconciler: `reconcile status` shows what is pending), then "
+            "forget; nothing forgotten",
+            file=sys.stderr,
+        )
         return 1
     with journal.Writer(settings.home, fsync=settings.fsync) as writer:
         event_id = writer.forget(args.key, type=reconcile.FORGOTTEN)

@@ -41,7 +41,12 @@ def default_settings() -> Path:
 
 def run(args: Any, settings: reconcile.Settings) -> int:
     path = Path(args.settings).expanduser() if args.settings else default_settings()
-    checks = [_state_directory(settings.home), *_database(settings), _hooks(path, args.settings)]
+    checks = [
+        _settings(),
+        _state_directory(settings.home),
+        *_database(settings),
+        _hooks(path, args.settings),
+    ]
     failed = [check for check in checks if check.status == FAILED]
     next_step = failed[0].next_step if failed else None
     if args.json:
@@ -60,6 +65,19 @@ def run(args: Any, settings: reconcile.Settings) -> int:
         else:
             print("all is well: each hook keeps executors.claude_session_id in step")
     return 3 if failed else 0
+
+
+def _settings() -> Check:
+    """The RECONCILE_* variables: a malformed one is replaced by its default everywhere
+    doctor's other checks look, and named here."""
+    ignored = _probe.ignored_settings()
+    if not ignored:
+        return Check("settings", OK, "every RECONCILE_* variable set is usable")
+    detail = "; ".join(
+        f"{bad['variable']}={bad['value']!r}: {bad['error']} (default {bad['default']} used)"
+        for bad in ignored
+    )
+    return Check("settings", FAILED, detail, _probe.settings_next_step(ignored))
 
 
 def _state_directory(home: Path) -> Check:

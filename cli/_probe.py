@@ -39,6 +39,20 @@ def home_problem(home: Path) -> tuple[str, str] | None:
     return None
 
 
+def ignored_settings() -> list[dict[str, Any]]:
+    """The malformed ``RECONCILE_*`` variables of this process's environment, which the
+    hook and the reconciler replace by their defaults (docs/operations.md, "Settings")."""
+    return [bad.to_dict() for bad in reconcile.Settings.malformed(os.environ)]
+
+
+def settings_next_step(ignored: list[dict[str, Any]]) -> str | None:
+    """What to do about the first malformed variable; None if there is none."""
+    if not ignored:
+        return None
+    names = ", ".join(bad["variable"] for bad in ignored)
+    return f"correct or unset {names} (the hook and the reconciler use the defaults meanwhile)"
+
+
 def database(settings: reconcile.Settings) -> dict[str, Any]:
     """Where the database is, whether it answers, and whether its schema is current."""
     found: dict[str, Any] = {

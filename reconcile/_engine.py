@@ -9,7 +9,7 @@ for library users and the synchronous mode; the decision itself is one statement
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -131,6 +131,51 @@ def event_for(decision: Decision, session_id: str) -> tuple[str, dict[str, Any]]
         "agent": decision.actor,
         "team": decision.team,
     }
+
+
+# What the database may hold at any length and an outcome record repeats only for people
+# and audits: cut, when the record would not fit in one journal line, and named in the
+# record's "truncated" list. Never cut: the key, the session id the record settles (the
+# fold and the hook's hit need them; the hook bounds them) and the executor id (verify
+# and replay look the row up by it).
+TRUNCATABLE = ("agent", "team", "executor_state", "old_session_id", "stored_session_id")
+_CUTS = (256, 64, 16)  # characters; at 16 the rest always fits (docs/formats.md)
+
+
+def fitted(data: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """``data``, then shorter and shorter versions of it: each :data:`TRUNCATABLE` field
+    longer than the cut becomes its first characters, listed in ``"truncated"``."""
+    yield dict(data)
+    for limit in _CUTS:
+        cut = [f for f in TRUNCATABLE if isinstance(data.get(f), str) and len(data[f]) > limit]
+        if cut:
+            yield {**data, **{f: data[f][:limit] for f in cut}, "truncated": cut}
+
+
+def append_fitted(
+    writer: journal.Writer,
+    key: str,
+    data: Mapping[str, Any],
+    event_type: str,
+    *,
+    event_id: str | None = None,
+) -> str:
+    """Append an outcome, cut to fit one journal line if need be (:func:`fitted`): a
+    database value too long for a record must not keep the observation unsettled, its
+    row updated and audited. Raises what :meth:`journal.Writer.append` raises when even
+    the shortest version does not fit (an executor id of kilobytes)."""
+    attempts = list(fitted(data))
+    for number, attempt in enumerate(attempts, 1):
+        try:
+            done = writer.append(key, attempt, event_type, event_id=event_id)
+        except journal.RecordTooLargeError:
+            if number == len(attempts):
+                raise
+            continue
+        if "truncated" in attempt:
+            get_logger().warning("outcome.truncated", key=key, fields=attempt["truncated"])
+        return done
+    raise AssertionError("unreachable: fitted() yields at least once")  # pragma: no cover
 
 
 def audit_details(event_type: str, data: Mapping[str, Any]) -> dict[str, Any]:

@@ -97,8 +97,8 @@ def _user_home(env: "Mapping[str, str]") -> str:
 
 
 def positive_seconds(env: "Mapping[str, str]", name: str, default: float) -> float:
-    """A duration variable for the hook, the default if unset or malformed (the
-    reconciler's :class:`Settings` reports a malformed one in the log)."""
+    """A duration variable for the hook, the default if unset or malformed, as the
+    reconciler takes it too (it logs the malformed one as ``settings.ignored``)."""
     try:
         value = float(env.get(name) or default)
     except ValueError:
@@ -429,16 +429,12 @@ def _log(env: "Mapping[str, str]", level: str, event: str, **fields: object) -> 
 
     with contextlib.suppress(BaseException):  # nowhere left to report to; still exit 0
         from journal import path_refusal
-        from reconcile._errors import ConfigError
         from reconcile._log import configure, get_logger
         from reconcile._settings import Settings
 
         home = default_home(env)
         if path_refusal(home) or path_refusal(_join(home, "log")):
             return  # only into a log directory that is ours, in a state directory of ours
-        try:
-            settings = Settings.from_env(env)
-        except ConfigError:  # a malformed variable: log under the home alone
-            settings = Settings(home=default_home(env))
-        configure(settings)
+        # A malformed variable takes its default here too; the reconciler logs it.
+        configure(Settings.from_env(env, ignore_malformed=True))
         getattr(get_logger(), level)(event, **fields)

@@ -18,11 +18,23 @@ from journal import FILE_MODE, LOG_DIR, ensure_dir
 from reconcile._settings import Settings, redact_url
 
 LOG_NAME = "reconcile.log"
+ROTATE_LOCK = "rotate.lock"  # beside the log: one rotation at a time
 
 
 class _BoundedFile:
     """Appends each log line with one write(); past ``max_bytes`` the file is renamed to
-    ``.1`` (replacing the previous one) and a new one begun: at most twice the bound."""
+    ``.1`` (replacing the previous one) and a new one begun: at most twice the bound.
+
+    Rotation is one process at a time, and only of the file this process just wrote to.
+    Every process (each hook among them) appends here, and several may see the file past
+    the bound at once. Renaming without care dropped lines: a second rename, or one by a
+    process whose write went to a file rotated meanwhile, moved the *new* file over
+    ``.1``, discarding the full one just rotated, up to ``max_bytes`` of the newest lines.
+    So the rotating process takes ``rotate.lock`` without waiting (another one holds it:
+    that one rotates) and, under it, renames only if the path still names the file its
+    descriptor wrote (same inode) and that file is still past the bound. A write below
+    the bound costs what it did: open, write, fstat, close.
+    """
 
     def __init__(self, path: Path, max_bytes: int) -> None:
         self.path = path
@@ -36,15 +48,37 @@ class _BoundedFile:
             )
             try:
                 os.write(fd, line)
-                size = os.fstat(fd).st_size
+                if os.fstat(fd).st_size > self.max_bytes:
+                    self._rotate(fd)
             finally:
                 os.close(fd)
-            if size > self.max_bytes:
-                os.replace(self.path, self.path.with_name(self.path.name + ".1"))
         except OSError:
             pass  # logging must never break the caller; the event itself is journaled
 
     log = debug = info = warning = warn = error = critical = exception = msg
+
+    def _rotate(self, fd: int) -> None:
+        """Rename the file ``fd`` wrote to ``.1``, if no other process is rotating, and
+        if that file is still the log and still past the bound (see the class)."""
+        import fcntl  # only on the rare write that crosses the bound
+
+        lock = os.open(
+            self.path.with_name(ROTATE_LOCK),
+            os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+            FILE_MODE,
+        )
+        try:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return  # another process rotates now
+            mine = os.fstat(fd)
+            current = os.lstat(self.path)
+            same = (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino)
+            if same and current.st_size > self.max_bytes:
+                os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+        finally:
+            os.close(lock)  # releases the flock
 
 
 class _Console:

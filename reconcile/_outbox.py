@@ -112,10 +112,7 @@ def maybe_compact(home: str, env: Mapping[str, str]) -> bool:
     Journals stay bounded with no cron: each hook that wrote counts them (one
     ``listdir``). Returns whether a compactor was started.
     """
-    try:
-        threshold = int(env.get("RECONCILE_COMPACT_THRESHOLD") or COMPACT_THRESHOLD)
-    except ValueError:
-        threshold = COMPACT_THRESHOLD
+    threshold = _count(env, "RECONCILE_COMPACT_THRESHOLD", COMPACT_THRESHOLD, least=0)
     try:
         count = sum(
             1 for name in os.listdir(os.path.join(home, "journal")) if name.endswith(".jnl")
@@ -124,16 +121,23 @@ def maybe_compact(home: str, env: Mapping[str, str]) -> bool:
         return False
     if count <= threshold or compaction_running(home):  # a probe: it takes nothing
         return False
-    try:
-        max_entries = str(int(env.get("RECONCILE_MAX_ENTRIES") or 1000))
-    except ValueError:
-        max_entries = "1000"
+    max_entries = str(_count(env, "RECONCILE_MAX_ENTRIES", 1000, least=1))
     try:
         home = os.path.abspath(home)  # the child runs elsewhere
         spawn(_isolated(home, _COMPACTOR, home, max_entries, *UNSETTLED), env)
     except OSError:
         return False
     return True
+
+
+def _count(env: Mapping[str, str], name: str, default: int, *, least: int) -> int:
+    """A count variable, the default if unset, malformed or below ``least`` (as the
+    reconciler's settings take it: docs/operations.md, "Settings")."""
+    try:
+        value = int(env.get(name) or default)
+    except ValueError:
+        return default
+    return value if value >= least else default
 
 
 def spawn(argv: list[str], env: Mapping[str, str], *, keep_fd: int | None = None) -> int:

@@ -35,13 +35,13 @@ import attrs
 
 import journal
 from reconcile import _backoff as backoff
-from reconcile._engine import NO_EXECUTOR, event_for
-from reconcile._errors import ConfigError, DatabaseUnavailableError, RejectedError, RowBusyError
-from reconcile._fast import REJECTED, UNRESOLVED, UNSETTLED, default_home, valid_value
+from reconcile._engine import NO_EXECUTOR, append_fitted, event_for
+from reconcile._errors import DatabaseUnavailableError, RejectedError, RowBusyError
+from reconcile._fast import REJECTED, UNRESOLVED, UNSETTLED, valid_value
 from reconcile._lock import adopt_lock, release_lock, take_lock
 from reconcile._log import configure, get_logger
 from reconcile._settings import Settings
-from reconcile._store import connect, decide
+from reconcile._store import STALE, connect, decide
 
 _IDENTITY_FIELDS = ("executor_id", "agent_id", "agent_name", "team")
 _LOCK_POLL_S = 0.01
@@ -74,12 +74,7 @@ def run_reconciler(argv: Sequence[str]) -> int:
         os.closerange(lock_fd + 1, 1 << 16)
     os.chdir("/")
     try:
-        try:
-            settings = Settings.from_env(os.environ)
-        except ConfigError:  # log it under the home alone, then give up
-            configure(Settings(home=default_home(os.environ)))
-            raise
-        configure(settings)
+        settings = _settings(os.environ)
         settle_pending(
             settings,
             lock_fd=lock_fd,
@@ -96,8 +91,7 @@ def run_now(env: Mapping[str, str]) -> str:
     (waiting for a running reconciler at most the statement timeout), whatever the
     backoff. Returns ``"settled"``, ``"busy"`` or ``"failed"``; never raises."""
     try:
-        settings = Settings.from_env(env)
-        configure(settings)
+        settings = _settings(env)
         report = settle_pending(settings, wait_s=settings.statement_timeout_s, ignore_backoff=True)
     except Exception as exc:
         get_logger().error("reconciler.failed", error=f"{type(exc).__name__}: {exc}"[:500])
@@ -105,6 +99,17 @@ def run_now(env: Mapping[str, str]) -> str:
     if report.error is not None:
         return "failed"
     return "busy" if report.busy else "settled"
+
+
+def _settings(env: Mapping[str, str]) -> Settings:
+    """The settings of a process nobody watches, logging configured: a malformed variable
+    takes the default the hook takes too, and is logged (``settings.ignored``) instead of
+    keeping every observation unsettled (docs/operations.md, "Settings")."""
+    settings = Settings.from_env(env, ignore_malformed=True)
+    configure(settings)
+    for bad in Settings.malformed(env):
+        get_logger().warning("settings.ignored", **bad.to_dict(), hint=bad.message())
+    return settings
 
 
 def settle_pending(
@@ -357,6 +362,7 @@ def settle_one(
             session_id=session_id,
             event_id=event_id,
             deadline_s=settings.statement_timeout_s,
+            observed_us=journal.event_time_us(record.id),
             **fields,
         )
     except RejectedError as exc:
@@ -364,6 +370,9 @@ def settle_one(
     if decision.outcome == NO_EXECUTOR:
         _append(writer, record.key, outcome_data, UNRESOLVED, event_id)
         return "unresolved"
+    if decision.outcome == STALE:  # a respawn while it waited: not this executor's id
+        why = f"executor {decision.executor_id} began after it was observed; not written"
+        return _reject(writer, record, outcome_data, why)
     event_type, event_data = event_for(decision, session_id)
     _append(writer, record.key, event_data, event_type, event_id)
     return decision.outcome
@@ -386,7 +395,7 @@ def _append(
     event_id: str | None = None,
 ) -> None:
     try:
-        writer.append(key, data, event_type, event_id=event_id)
+        append_fitted(writer, key, data, event_type, event_id=event_id)  # cut to fit
     except journal.JournalError as exc:  # committed already: the database stays right,
         # and the observation, still unsettled, is confirmed by the next reconciler
         get_logger().error("journal.append_failed", key=key, error=str(exc))

@@ -1,4 +1,17 @@
-"""Settings: one frozen object, built once from the environment and command-line flags."""
+"""Settings: one frozen object, built once from the environment and command-line flags.
+
+A malformed ``RECONCILE_*`` variable (not a number, or not positive where it must be) is
+one of two things, by who reads it (docs/operations.md, "Settings"):
+
+* for a command a person typed, an error naming the variable (:meth:`Settings.from_env`
+  raises :class:`ConfigError`): the person is there to fix it;
+* for the processes nobody watches (the hook, the reconciler it starts, its synchronous
+  mode) and for the commands that diagnose (``status``, ``doctor``), the default, as the
+  hook itself has always used (``from_env(..., ignore_malformed=True)``), with the
+  variable reported (:meth:`Settings.malformed`: logged as ``settings.ignored``, shown by
+  ``status`` and ``doctor``). A detached process that refused would leave every
+  observation unsettled while the hook, which reads the same variables, carries on.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +42,30 @@ def _env(name: str, parser: Callable[[str], Any]) -> dict[str, Any]:
 def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if value <= 0:
         raise ConfigError(f"{attribute.metadata['env']} must be positive, got {value}")
+
+
+def _not_negative(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value < 0:
+        raise ConfigError(f"{attribute.metadata['env']} must be 0 or more, got {value}")
+
+
+@attrs.frozen
+class Malformed:
+    """A ``RECONCILE_*`` variable that cannot be used, and the default used instead."""
+
+    variable: str
+    value: str
+    error: str
+    default: Any
+
+    def message(self) -> str:
+        return (
+            f"{self.variable}={self.value[:100]!r}: {self.error}; correct it, or unset it "
+            f"for the default ({self.default})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**attrs.asdict(self), "value": self.value[:100]}
 
 
 @attrs.frozen
@@ -65,7 +102,7 @@ class Settings:
     sync: bool = attrs.field(default=False, **_env("RECONCILE_SYNC", _bool))
     linger_s: float = attrs.field(default=2.0, **_env("RECONCILE_LINGER", float))
     compact_threshold: int = attrs.field(
-        default=64, validator=_positive, **_env("RECONCILE_COMPACT_THRESHOLD", int)
+        default=64, validator=_not_negative, **_env("RECONCILE_COMPACT_THRESHOLD", int)
     )
     fsync: bool = attrs.field(default=True, **_env("RECONCILE_FSYNC", _bool))
     log_max_bytes: int = attrs.field(
@@ -73,21 +110,47 @@ class Settings:
     )
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        ignore_malformed: bool = False,
+        **overrides: Any,
+    ) -> Settings:
         """Settings from ``env`` (default ``os.environ``); ``overrides`` that are not None
-        win. A malformed variable raises :class:`ConfigError` naming it."""
+        win. A malformed variable raises :class:`ConfigError` naming it, or with
+        ``ignore_malformed`` takes its default (:meth:`malformed` lists those)."""
         env = os.environ if env is None else env
-        values: dict[str, Any] = {"home": default_home(env)}
+        values, malformed = cls._read(env)
+        if malformed and not ignore_malformed:
+            raise ConfigError(malformed[0].message())
+        values["home"] = default_home(env)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @classmethod
+    def malformed(cls, env: Mapping[str, str] | None = None) -> list[Malformed]:
+        """The variables of ``env`` that :meth:`from_env` refuses, in field order."""
+        return cls._read(os.environ if env is None else env)[1]
+
+    @classmethod
+    def _read(cls, env: Mapping[str, str]) -> tuple[dict[str, Any], list[Malformed]]:
+        values: dict[str, Any] = {}
+        malformed: list[Malformed] = []
         for field in attrs.fields(cls):
             name = field.metadata.get("env")
             if name is None or not env.get(name):
                 continue
             try:
-                values[field.name] = field.metadata["parser"](env[name])
-            except ValueError as exc:
-                raise ConfigError(f"{name}: {exc}") from None
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+                value = field.metadata["parser"](env[name])
+                if field.validator is not None:
+                    field.validator(None, field, value)
+            except (ValueError, ConfigError) as exc:
+                error = str(exc).removeprefix(f"{name} ")
+                malformed.append(Malformed(name, env[name], error, field.default))
+                continue
+            values[field.name] = value
+        return values, malformed
 
     @staticmethod
     def variables() -> list[tuple[str, Any]]:

@@ -39,6 +39,10 @@ TERMINAL_STATES = ("done", "error", "terminated")
 # locked past the lock timeout is the server's to report (it fails that row alone); the
 # client's own deadline is for a server that does not answer at all.
 CLIENT_MARGIN_S = 1.0
+# The decision for an observation made by agent identity whose executor, resolved now,
+# began after the observation (a respawn while the observation waited): the session id
+# belongs to an executor before it, so it is not written, nor audited.
+STALE = "stale"
 RECOVERY_ANCHOR = "terminal_executor_is_recovery_anchor"
 
 # The executor an observation names, else its agent's current one (by agent id, else by
@@ -86,7 +90,14 @@ FOR NO KEY UPDATE;
 WITH target AS (
     SELECT e.id, e.claude_session_id AS stored, e.state,
            COALESCE(a.custom_name, a.id, e.agent_id, %(actor)s) AS actor,
-           COALESCE(a.team, %(team)s) AS team
+           COALESCE(a.team, %(team)s) AS team,
+           -- When the executor began: the orchestrator's started_at or created_at, read
+           -- through to_jsonb so that a schema without them still parses; else its
+           -- updated_at, the one time column every schema has (a later change of any
+           -- kind then counts as a start: see STALE).
+           COALESCE((to_jsonb(e) ->> 'started_at')::timestamptz,
+                    (to_jsonb(e) ->> 'created_at')::timestamptz,
+                    e.updated_at) AS began
     FROM executors e
     LEFT JOIN agents a ON a.id = e.agent_id
     WHERE e.id = NULLIF(current_setting('reconcile.executor_id', true), '')
@@ -94,6 +105,8 @@ WITH target AS (
 ), decided AS (
     SELECT t.*,
            CASE WHEN t.stored IS NOT DISTINCT FROM %(session_id)s THEN 'confirmed'
+                WHEN %(executor_id)s::text IS NULL AND %(observed_us)s::bigint IS NOT NULL
+                     AND t.began > to_timestamp(%(observed_us)s::bigint / 1e6) THEN 'stale'
                 WHEN t.state IN ('done', 'error', 'terminated') AND t.stored IS NOT NULL
                     THEN 'divergence_preserved'
                 ELSE 'reconciled' END AS outcome
@@ -155,7 +168,7 @@ ON CONFLICT (event_id) DO NOTHING
 class Decision:
     """What the database decided for one observation."""
 
-    outcome: str  # confirmed | reconciled | divergence_preserved | no_executor
+    outcome: str  # confirmed | reconciled | divergence_preserved | stale | no_executor
     executor_id: str | None = None
     stored_session_id: str | None = None
     executor_state: str | None = None
@@ -277,12 +290,15 @@ def decide(
     agent_name: str | None,
     team: str | None,
     deadline_s: float,
+    observed_us: int | None = None,
 ) -> Decision:
     """Settle one observation: one round trip, one transaction (:data:`RECONCILE_SQL`),
     with statement and lock timeouts of ``deadline_s`` for that transaction only.
     ``conn`` is in autocommit mode, as :func:`connect` makes it, so that the query string
     is a transaction of its own. ``Decision.audited`` says whether the audit row with
-    ``event_id`` was written (not for a divergence audited before).
+    ``event_id`` was written (not for a divergence audited before). ``observed_us``: when
+    the session id was seen (µs since the epoch); an agent-resolved executor that began
+    after it is :data:`STALE`, left alone (docs/architecture.md, "Late settlement").
 
     Raises :class:`RowBusyError` when the executor row stayed locked past the lock
     timeout, or the statement ran past the statement timeout, on a connection still
@@ -297,6 +313,7 @@ def decide(
         "agent_name": agent_name,
         "team": team,
         "actor": agent_name or agent_id,
+        "observed_us": observed_us,
     }
     try:  # the server's timeouts first (they fail this row alone), then the client's
         with deadline(deadline_s + CLIENT_MARGIN_S), psycopg.ClientCursor(conn) as cur:

@@ -46,6 +46,24 @@ def home(tmp_path: Path) -> Path:
 # -- operator commands ------------------------------------------------------------------
 
 
+def test_forget_never_discards_an_unsettled_observation(home, db):
+    """A tombstone after an observation the database never saw made it superseded: pending
+    0, replay --to-db with nothing to do, the row never told the session id."""
+    down = "postgresql://x@127.0.0.1:9/d"
+    run_hook(home, down, {"session_id": "s-new"}, RECONCILE_EXECUTOR_ID="e-1")
+    wait_idle(home)
+    refused = cli("forget", "executor:e-1", home=home)
+    assert refused.returncode == 1 and refused.stdout == b""
+    assert b"not settled yet" in refused.stderr and b"reconcile replay --to-db" in refused.stderr
+    assert [r.type for r in journal.history(home)] == ["session.observed"]  # nothing written
+    assert json.loads(cli("status", "--json", home=home, url=db).stdout)["pending"] == 1
+
+    replayed = cli("replay", "--to-db", home=home, url=db)  # the way the message names
+    assert replayed.returncode == 0, replayed.stderr
+    assert session_of(db, "e-1") == "s-new"
+    assert cli("forget", "executor:e-1", home=home).returncode == 0  # settled: forgettable
+
+
 def test_status_show_forget_compact(home, db):
     run_hook(home, db, {"session_id": "s-new"}, RECONCILE_EXECUTOR_ID="e-1")
     wait_settled(home)
@@ -150,9 +168,12 @@ def test_usage_errors_exit_2_in_one_line(home):
         assert done.returncode == 2, args
         assert done.stderr.startswith(b"reconcile") and done.stderr.count(b"\n") == 1, done.stderr
         assert b"--help" in done.stderr  # where to look next
-    bad_env = cli("status", home=home, RECONCILE_STATEMENT_TIMEOUT="soon")
+    # A command that acts refuses a malformed variable (status and doctor name it and go
+    # on: test_hook.py); the error says what to do.
+    bad_env = cli("verify", home=home, RECONCILE_STATEMENT_TIMEOUT="soon")
     assert bad_env.returncode == 2
-    assert bad_env.stderr.startswith(b"reconcile: error: RECONCILE_STATEMENT_TIMEOUT")
+    assert bad_env.stderr.startswith(b"reconcile: error: RECONCILE_STATEMENT_TIMEOUT='soon'")
+    assert b"unset it for the default" in bad_env.stderr
     version = cli("--version", home=home)
     assert version.returncode == 0 and version.stdout.startswith(b"reconcile ")
 
@@ -383,7 +404,8 @@ def test_doctor_names_the_first_thing_wrong_until_all_is_well(tmp_path, database
 
     home.write_text("not a directory")
     code, report = doctor()
-    assert (code, report["checks"][0]["status"]) == (3, "FAILED")
+    statuses = {c["name"]: c["status"] for c in report["checks"]}
+    assert (code, statuses["settings"], statuses["state directory"]) == (3, "ok", "FAILED")
     assert "RECONCILE_HOME" in report["next_step"]
     home.unlink()
 

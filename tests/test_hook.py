@@ -6,6 +6,7 @@ the database, so tests that look at the database wait for it (``wait_settled``).
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -107,17 +108,52 @@ def test_hook_with_unreachable_database_keeps_the_observation(home):
     assert "pw@" not in log
 
 
-def test_hook_with_a_malformed_setting_still_exits_0(home, db):
+def test_a_malformed_setting_takes_its_default_and_is_named(home, db, tmp_path):
+    """The hook and its detached reconciler read the same variables: one that cannot be
+    used takes its default in both (it used to stop every reconciler, and the row never
+    settled), is logged once per reconciler run, and ``status``/``doctor`` name it."""
+    bad = {"RECONCILE_STATEMENT_TIMEOUT": "abc"}
     done = cli(
         "hook",
         home=home,
         url=db,
         stdin=b'{"session_id": "s-1"}',
         RECONCILE_EXECUTOR_ID="e-1",
-        RECONCILE_MAX_ENTRIES="many",
+        **bad,
     )
     assert (done.returncode, done.stdout) == (0, b"")
-    wait_for_log(home, "RECONCILE_MAX_ENTRIES")  # the reconciler says why it gave up
+    wait_settled(home)
+    assert session_of(db, "e-1") == "s-1"
+    lines = [json.loads(line) for line in (home / "log" / "reconcile.log").read_text().splitlines()]
+    ignored = [line for line in lines if line["event"] == "settings.ignored"]
+    assert [(i["variable"], i["value"], i["default"]) for i in ignored] == [
+        ("RECONCILE_STATEMENT_TIMEOUT", "abc", 2.0)
+    ]
+    assert not [line for line in lines if line["event"] == "reconciler.failed"]
+
+    status = cli("status", "--json", home=home, url=db, **bad)
+    assert status.returncode == 0, status.stderr
+    data = json.loads(status.stdout)
+    assert [i["variable"] for i in data["settings_ignored"]] == ["RECONCILE_STATEMENT_TIMEOUT"]
+    assert data["pending"] == 0
+    assert "RECONCILE_STATEMENT_TIMEOUT" in data["next_step"]
+    words = cli("status", home=home, url=db, **bad)
+    assert b"RECONCILE_STATEMENT_TIMEOUT='abc'" in words.stdout
+
+    settings = tmp_path / "settings.json"
+    settings.write_text("{}")
+    doctor = cli("doctor", "--json", "--settings", str(settings), home=home, url=db, **bad)
+    assert doctor.returncode == 3  # a setting to correct is a finding
+    report = json.loads(doctor.stdout)
+    [check] = [c for c in report["checks"] if c["name"] == "settings"]
+    assert check["status"] == "FAILED" and "RECONCILE_STATEMENT_TIMEOUT" in check["detail"]
+    assert "RECONCILE_STATEMENT_TIMEOUT" in report["next_step"]
+
+    # A command that acts refuses, naming the variable and what to do.
+    compact = cli("compact", home=home, url=db, RECONCILE_MAX_ENTRIES="0")
+    assert compact.returncode == 2
+    assert b"RECONCILE_MAX_ENTRIES='0': must be positive" in compact.stderr
+    assert b"unset it for the default (1000)" in compact.stderr
 
 
 def test_hook_with_unusable_home_changes_nothing_until_it_is_usable(tmp_path, db):

@@ -7,6 +7,7 @@ observations to be settled (``wait_settled``) before it looks at the database.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import psycopg
@@ -14,11 +15,13 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from reconcile_helpers import (
     audit_rows,
+    cli,
     hook_process,
     query,
     run_hook,
     seed,
     session_of,
+    wait_idle,
     wait_settled,
 )
 
@@ -177,3 +180,96 @@ def wait_settled_or_backoff(home: Path) -> None:
     while reconciler_running(home):
         assert time.monotonic() < give_up, "a reconciler kept running"
         time.sleep(0.05)
+
+
+def test_database_values_too_long_for_a_record_are_cut_and_the_key_settles(tmp_path: Path, db: str):
+    """An agent name and team of 5,000 characters (and a terminal executor's stored id of
+    as many) make the outcome record exceed one journal line: it used to be dropped
+    (journal.append_failed) after the row was updated and audited, leaving the key
+    pending. The record now holds their start and says which fields were cut."""
+    name, team, stored = "n" * 5000, "t" * 5000, "s" * 5000
+    seed(
+        db,
+        [("a-9", name, team, "e-9")],
+        [("e-9", "a-9", "s-old", "running"), ("e-10", "a-9", stored, "done")],
+    )
+    home = tmp_path / "home"
+    run_hook(home, db, {"session_id": "s-new"}, RECONCILE_EXECUTOR_ID="e-9")
+    run_hook(home, db, {"session_id": "s-live"}, RECONCILE_EXECUTOR_ID="e-10")
+    wait_settled(home)
+
+    assert session_of(db, "e-9") == "s-new" and session_of(db, "e-10") == stored
+    state = journal.load(home)
+    reconciled, preserved = state["executor:e-9"], state["executor:e-10"]
+    assert reconciled.type == "session.reconciled"
+    assert reconciled.data["new_session_id"] == "s-new"  # what the hit needs, whole
+    assert reconciled.data["truncated"] == ["agent", "team"]
+    assert name.startswith(reconciled.data["agent"]) and team.startswith(reconciled.data["team"])
+    assert preserved.type == "session.divergence_preserved"
+    assert preserved.data["live_session_id"] == "s-live"
+    assert preserved.data["truncated"] == ["agent", "team", "stored_session_id"]
+    [(event_id, _, actor, details)] = audit_rows(db, "e-9")  # the audit row holds it whole
+    assert (event_id, actor, details["team"]) == (reconciled.id, name, team)
+
+    status = cli("status", "--json", home=home, url=db)
+    assert json.loads(status.stdout)["pending"] == 0
+    settings = Settings.from_env({}, home=home, database_url=db)
+    assert verify(settings, db=True).ok  # the cut stored id is compared by its start
+    run_hook(home, db, {"session_id": "s-new"}, RECONCILE_EXECUTOR_ID="e-9")  # a hit now
+    assert [r.type for r in journal.history(home) if r.key == "executor:e-9"] == [
+        "session.observed",
+        "session.reconciled",
+    ]
+
+
+def test_a_late_settlement_never_writes_onto_an_executor_spawned_after_it(tmp_path: Path, db: str):
+    """Observed by agent identity while the database was away, settled after a respawn:
+    the agent's current executor is then one that did not exist when the session id was
+    seen. Writing it there put an old session's id on the new executor."""
+    seed(db, [("a-1", "alice", "core", "e-1")], [("e-1", "a-1", "s-old", "running")])
+    home = tmp_path / "home"
+    down = "postgresql://postgres@127.0.0.1:9/gone"
+    run_hook(home, down, {"session_id": "s-1"}, GENIE_AGENT_NAME="alice", GENIE_TEAM="core")
+    wait_idle(home)
+    [observed] = journal.history(home)
+    # The respawn, after the observation: the database's clock has passed its time.
+    _wait_database_clock_past(db, observed.id)
+    seed(db, [], [("e-2", "a-1", "s-2", "running")])
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("UPDATE agents SET current_executor_id = 'e-2' WHERE id = 'a-1'")
+
+    replayed = cli("replay", "--to-db", "--json", home=home, url=db)  # a real process
+    assert replayed.returncode == 0, replayed.stderr
+    assert session_of(db, "e-2") == "s-2"  # the new executor keeps its own session
+    assert session_of(db, "e-1") == "s-old"
+    assert audit_rows(db) == []
+    latest = journal.load(home)["agent-name:core/alice"]
+    assert latest.type == "session.rejected" and "after it was observed" in latest.data["error"]
+    assert json.loads(cli("status", "--json", home=home, url=db).stdout)["pending"] == 0
+
+    # The session, if it still runs, is observed afresh by its next hook and settles
+    # by the usual rule (here: after the agent max age, as for any agent-keyed entry).
+    run_hook(
+        home,
+        db,
+        {"session_id": "s-3"},
+        GENIE_AGENT_NAME="alice",
+        GENIE_TEAM="core",
+    )
+    wait_settled(home)
+    assert session_of(db, "e-2") == "s-3"
+
+
+def _wait_database_clock_past(url: str, event_id: str) -> None:
+    """Until the database's now() is past the event's time (clocks of one machine)."""
+    import time
+
+    limit = time.monotonic() + 60
+    while True:
+        [(after,)] = query(
+            url, "SELECT now() > to_timestamp(%s / 1e6)", (journal.event_time_us(event_id),)
+        )
+        if after:
+            return
+        assert time.monotonic() < limit, "the database clock never passed the observation"
+        time.sleep(0.01)
