@@ -7,8 +7,9 @@ database (:func:`settle_pending`), the database itself (:func:`connect`, :func:`
 :func:`migrate`), the embedded server (``server_*``), and replay and verification over
 the journal's history. docs/architecture.md draws the whole.
 
-Exports load lazily: the hook's hit path imports ``reconcile._fast`` alone, and pays for
-attrs, structlog and psycopg only where it needs them.
+Exports load lazily: the hook's hit path imports ``reconcile._hook`` and
+``reconcile._fast`` alone, and pays for attrs, structlog and psycopg only where it needs
+them.
 """
 
 import sys
@@ -129,15 +130,13 @@ _WHERE = {
             "Observation",
             "check_hit",
             "default_home",
-            "exit_hook",
-            "handle",
             "observe",
             "parse_payload",
-            "run_hook",
             "settled_session",
             "verdict",
         )
     },
+    **{name: ("_hook", name) for name in ("exit_hook", "handle", "run_hook")},
     "Settings": ("_settings", "Settings"),
     "redact_url": ("_settings", "redact_url"),
     "configure_logging": ("_log", "configure"),
@@ -233,14 +232,12 @@ if TYPE_CHECKING:
         Observation,
         check_hit,
         default_home,
-        exit_hook,
-        handle,
         observe,
         parse_payload,
-        run_hook,
         settled_session,
         verdict,
     )
+    from reconcile._hook import exit_hook, handle, run_hook
     from reconcile._lock import compaction_running, reconciler_running, release_lock, take_lock
     from reconcile._log import configure as configure_logging
     from reconcile._log import get_logger

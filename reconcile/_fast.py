@@ -1,25 +1,28 @@
-"""The hook, start to finish, and its hit path: identity, cache key, the cache check.
+"""The hook's vocabulary and its hit path: identity, cache key, the cache check.
 
-Everything here runs in every hook, in a fresh interpreter that Claude Code waits for,
+A leaf of the package: it imports nothing of ours but :mod:`journal`, and the modules
+that act on what it decides (the hook's dispatch, :mod:`reconcile._hook`; the outbox;
+the reconciler) import it. Everything here runs in every hook, in a fresh interpreter
+that Claude Code waits for,
 so what it loads is what it costs (docs/performance.md). It imports :mod:`journal`'s
 hit-path reader (one module) and, from the standard library, only what the interpreter
 has loaded anyway: ``posix`` rather than ``os`` (a tenth of the interpreter's start-up),
 ``sys`` and ``time``; no ``from __future__`` either (annotations that name typing-only
 types are quoted). It works on raw records (plain dicts) on purpose: building attrs
 classes would cost more than the whole check. What the hook does on anything but a hit
-is in :mod:`reconcile._outbox`; docs/architecture.md has the picture.
+is in :mod:`reconcile._outbox`, reached from :mod:`reconcile._hook`; docs/architecture.md
+has the picture.
 """
 
 import posix
-import sys
 import time
 
-from journal import event_time_us, home_refusal, latest, parse_json
+from journal import event_time_us, latest, parse_json
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from typing import Any, NoReturn
+    from typing import Any
 
 MAX_PAYLOAD = 1 << 20  # bytes of stdin the hook reads at most
 MAX_VALUE = 256  # characters of a session id or identity value
@@ -74,11 +77,11 @@ def default_home(env: "Mapping[str, str]") -> str:
     home = env.get("RECONCILE_HOME")
     if home:
         return home
-    state = env.get("XDG_STATE_HOME") or _join(_user_home(env), ".local/state")
-    return _join(state, "reconcile")
+    state = env.get("XDG_STATE_HOME") or join_path(_user_home(env), ".local/state")
+    return join_path(state, "reconcile")
 
 
-def _join(directory: str, name: str) -> str:
+def join_path(directory: str, name: str) -> str:
     """``os.path.join`` of a directory and a relative name (``os`` is not loaded here)."""
     return directory + name if directory.endswith("/") else f"{directory}/{name}"
 
@@ -313,128 +316,3 @@ def check_hit(
 ) -> bool:
     """Whether the cache answers ``observation`` with nothing left to do."""
     return verdict(home, observation, max_age_s=max_age_s, now_us=now_us) == HIT
-
-
-def handle(env: "Mapping[str, str]", raw: bytes | None, *, sync: bool = False) -> str:
-    """The hook, start to finish, given its environment and stdin (None: over 1 MiB).
-
-    Returns what it came to: :data:`HIT`, a reason it skipped (``missing_identity``,
-    ``invalid_session_id``, ..., :data:`UNTRUSTED_HOME`), or what the outbox did (see
-    :func:`reconcile._outbox.settle_later`). Only the path past a hit imports more.
-    """
-    payload = parse_payload(raw) if raw is not None else "payload_too_large"
-    observation = payload if isinstance(payload, str) else observe(env, payload)
-    if isinstance(observation, str):
-        return observation
-    home = default_home(env)
-    if home_refusal(home) is not None:  # three lstat calls (docs/operations.md)
-        return UNTRUSTED_HOME  # nothing read: a stranger's record is no hit, nor is it ours
-    record = latest(home, observation.key)
-    found = classify(
-        record,
-        observation,
-        max_age_s=agent_max_age(env),
-        negative_ttl_s=negative_ttl(env),
-        now_us=time.time_ns() // 1000,
-    )
-    if found == HIT:
-        return HIT
-    from reconcile._outbox import settle_later
-
-    after = record["id"] if record is not None else None
-    return settle_later(home, env, observation, found, sync=sync, after=after)
-
-
-# -- The hook process ----------------------------------------------------------------------
-
-_TRUE = ("1", "true", "yes", "on")
-_QUIET = (HIT, "missing_identity")  # outcomes not worth a log line: the usual ones,
-_QUIET_ENDINGS = (":started", ":running", ":backoff", ":settled", ":busy")  # or routine
-
-
-def run_hook(env: "Mapping[str, str] | None" = None, argv: "list[str] | None" = None) -> int:
-    """``reconcile hook``: handle one Claude Code hook event; always returns 0.
-
-    Reads the payload from stdin and writes nothing to stdout (what a command hook prints
-    is read by Claude Code); ``argv`` holds what followed ``hook``. ``--sync`` (or
-    ``RECONCILE_SYNC=1``): settle before returning, within the configured database
-    timeouts, for those who need the row updated before the tool runs.
-    """
-    env = environ() if env is None else env
-    argv = sys.argv[2:] if argv is None else argv
-    real_stdout = sys.stdout
-    try:
-        sys.stdout = open("/dev/null", "w")  # noqa: SIM115 - nothing may reach Claude Code
-        sync = "--sync" in argv or (env.get("RECONCILE_SYNC") or "").strip().lower() in _TRUE
-        outcome = handle(env, _read_stdin(), sync=sync)
-        # Silent for a hit and when no identity is set at all (a session the orchestrator
-        # did not spawn, on every event, should cost nothing); the rest is logged.
-        if outcome in _QUIET or outcome.endswith(_QUIET_ENDINGS):
-            pass
-        elif outcome == UNTRUSTED_HOME:  # not ours alone: nothing was read or written
-            _log(env, "warning", "hook.refused", reason=home_refusal(default_home(env)))
-        elif ":" not in outcome:  # input it could not use
-            _log(env, "info", "hook.skipped", reason=outcome)
-        else:  # observed, but no reconciler could be started: the next hook tries again
-            _log(env, "warning", "hook.unsettled", outcome=outcome)
-    except BaseException as exc:  # the hook never fails Claude Code, whatever happens
-        _log(env, "error", "hook.failed", error=f"{type(exc).__name__}: {exc}"[:500])
-    finally:
-        if sys.stdout is not real_stdout:
-            sys.stdout.close()
-        sys.stdout = real_stdout
-    return 0
-
-
-def exit_hook(argv: "list[str]") -> "NoReturn":
-    """Run the hook as the whole process, and end it without the interpreter's teardown.
-
-    Tearing down an interpreter (freeing every module, object and arena) costs more than
-    the hook's whole hit path (docs/performance.md), for memory the kernel reclaims
-    anyway. Nothing is left to run at exit: records and log lines are written with one
-    ``write()`` each, never buffered, no ``atexit`` handler is ours, and the two standard
-    streams are flushed here. So the process ends with ``_exit``.
-    """
-    code = run_hook(argv=argv)
-    for stream in (sys.stdout, sys.stderr):
-        try:  # not contextlib.suppress: that module is not loaded on the hit path
-            if stream is not None:
-                stream.flush()
-        except BaseException:  # a closed or broken stream: nothing is owed to it
-            pass
-    posix._exit(code)
-
-
-def environ() -> dict[str, str]:
-    """The environment the process started with, decoded as ``os.environ`` decodes it,
-    without loading ``os`` (changes made through ``os.environ`` since are not seen)."""
-    encoding = sys.getfilesystemencoding()
-    return {
-        name.decode(encoding, "surrogateescape"): value.decode(encoding, "surrogateescape")
-        for name, value in posix.environ.items()
-    }
-
-
-def _read_stdin() -> bytes | None:
-    """At most 1 MiB of stdin; None if there was more."""
-    stream = sys.stdin.buffer if sys.stdin is not None else None
-    if stream is None:
-        return b""
-    raw = stream.read(MAX_PAYLOAD + 1)
-    return None if len(raw) > MAX_PAYLOAD else raw
-
-
-def _log(env: "Mapping[str, str]", level: str, event: str, **fields: object) -> None:
-    import contextlib
-
-    with contextlib.suppress(BaseException):  # nowhere left to report to; still exit 0
-        from journal import path_refusal
-        from reconcile._log import configure, get_logger
-        from reconcile._settings import Settings
-
-        home = default_home(env)
-        if path_refusal(home) or path_refusal(_join(home, "log")):
-            return  # only into a log directory that is ours, in a state directory of ours
-        # A malformed variable takes its default here too; the reconciler logs it.
-        configure(Settings.from_env(env, ignore_malformed=True))
-        getattr(get_logger(), level)(event, **fields)

@@ -35,11 +35,11 @@ import attrs
 
 import journal
 from reconcile import _backoff as backoff
-from reconcile._engine import NO_EXECUTOR, append_fitted, event_for
 from reconcile._errors import DatabaseUnavailableError, RejectedError, RowBusyError
 from reconcile._fast import REJECTED, UNRESOLVED, UNSETTLED, valid_value
 from reconcile._lock import adopt_lock, release_lock, take_lock
 from reconcile._log import configure, get_logger
+from reconcile._outcome import NO_EXECUTOR, append_fitted, event_for
 from reconcile._settings import Settings
 from reconcile._store import STALE, connect, decide
 

@@ -9,7 +9,6 @@ from typing import Any
 import attrs
 
 import journal
-from reconcile._engine import audit_details
 from reconcile._errors import DatabaseUnavailableError
 from reconcile._fast import (
     DIVERGENCE_PRESERVED,
@@ -20,6 +19,7 @@ from reconcile._fast import (
     settled_session,
 )
 from reconcile._log import get_logger
+from reconcile._outcome import audit_details
 from reconcile._reconciler import settle_pending, unsettled
 from reconcile._settings import Settings
 from reconcile._store import connect, executor_sessions, insert_audit_rows

@@ -20,7 +20,7 @@ from reconcile_helpers import clean_env
 import journal
 
 # Ours, exactly: the two packages' faces and one module of each, nothing else.
-OURS = {"reconcile", "reconcile._fast", "journal", "journal._hit"}
+OURS = {"reconcile", "reconcile._hook", "reconcile._fast", "journal", "journal._hit"}
 # The standard library's: two C modules (checksums, the JSON scanner) and stat's constants.
 STDLIB_ALLOWED = {"_json", "zlib", "_stat"}
 FORBIDDEN = {"os", "attrs", "structlog", "psycopg", "argparse", "typing", "pathlib", "json", "re"}

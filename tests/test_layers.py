@@ -76,3 +76,47 @@ def test_ci_tests_the_installed_package():
         pytest.skip("only meaningful where the package is installed, not editable (CI)")
     for module in (journal, reconcile, cli):  # (the environment itself may be in the checkout)
         assert Path(module.__file__).resolve().parent != CHECKOUT / module.__name__
+
+
+def runtime_imports(package: str) -> dict[str, set[str]]:
+    """Which private modules of ``package`` each of its private modules imports at run
+    time, at the top or inside a function (``if TYPE_CHECKING:`` blocks excluded: they
+    never run); the package's ``__init__`` is its facade and not counted."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted((CHECKOUT / package).glob("_*.py")):
+        if path.name == "__init__.py":
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        skipped = {
+            id(inner)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for inner in ast.walk(node)
+        }
+        found = set()
+        for node in ast.walk(tree):
+            if id(node) in skipped:
+                continue
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            found |= {n.split(".")[1] for n in names if n.startswith(f"{package}._")}
+        graph[path.stem] = found - {path.stem}
+    return graph
+
+
+@pytest.mark.parametrize("package", ["reconcile"])
+def test_imports_inside_a_package_run_one_way(package: str):
+    """No circle among a package's modules, lazy imports included: the vocabulary in a
+    leaf, the dispatch above it (docs/architecture.md, "The layers")."""
+    graph = runtime_imports(package)
+    order: list[str] = []
+    while graph:
+        leaves = sorted(m for m, deps in graph.items() if deps <= set(order))
+        assert leaves, f"a circle among {sorted(graph)}: {graph}"
+        order += leaves
+        for leaf in leaves:
+            del graph[leaf]
