@@ -145,15 +145,16 @@ def settle_pending(
             if fd is None:
                 return attrs.evolve(run.report, busy=not run.outcomes)
             try:
-                pause = run.step(linger_s, ignore_backoff=ignore_backoff)
+                pause, shared = run.step(linger_s, ignore_backoff=ignore_backoff)
             finally:
                 release_lock(fd)  # released: a hook from now on may start a reconciler
-            if pause is None:
-                # Look once more, lock released: whatever was appended while it was
-                # held had no reconciler started for it.
-                if not run.todo():
-                    return run.report
+            # Look once more, lock released: whatever was appended while it was held had
+            # no reconciler started for it. (Not while the database is away for every
+            # key: nothing can be settled before the backoff ends, when this one wakes.)
+            if not shared and run.todo():
                 continue
+            if pause is None:
+                return run.report
             if time.monotonic() + pause > give_up:
                 return attrs.evolve(run.report, backoff=True)
             # Wait with the lock released (an operator's command may run meanwhile),
@@ -190,23 +191,24 @@ class _Run:
             dict(self.outcomes), backoff=self.error is not None, error=self.error
         )
 
-    def step(self, linger_s: float, *, ignore_backoff: bool) -> float | None:
-        """One attempt at everything due, lock held; the seconds to wait before the next
-        (the shared backoff, or the earliest row's delay), or None if nothing is left to
-        try (settled, or refused for good)."""
+    def step(self, linger_s: float, *, ignore_backoff: bool) -> tuple[float | None, bool]:
+        """One attempt at everything due, lock held. Returns the seconds to wait before
+        the next attempt (None: nothing is left to try, all settled or refused for good)
+        and whether the wait is the shared backoff (the database away for every key)
+        rather than the earliest row's delay."""
         if not ignore_backoff:
             wait = self._shared_wait()
             if wait > 0:
-                return wait
+                return wait, True
         if not self.settle_all():
-            return self._shared_wait()
+            return self._shared_wait(), True
         self.linger(linger_s)
         if self.error is not None:
-            return self._shared_wait()
+            return self._shared_wait(), True
         if not self.delayed:
-            return None
+            return None, False
         due = min(when for _, when in self.delayed.values())
-        return max(0.0, due - time.monotonic())
+        return max(0.0, due - time.monotonic()), False
 
     def _shared_wait(self) -> float:
         now = time.time()
