@@ -146,6 +146,8 @@ def settle_pending(
                 return attrs.evolve(run.report, busy=not run.outcomes)
             try:
                 pause, shared = run.step(linger_s, ignore_backoff=ignore_backoff)
+                if pause is None:  # done, lock held: "not running" then means all written
+                    run.close()
             finally:
                 release_lock(fd)  # released: a hook from now on may start a reconciler
             # Look once more, lock released: whatever was appended while it was held had
@@ -183,6 +185,7 @@ class _Run:
         self._skipped_logged = False
         self._conn_cm: Any = None
         self._conn: Any = None
+        self._logged: dict[str, int] = {}  # the outcomes the last reconciler.done counted
         self._log = get_logger()
 
     @property
@@ -311,10 +314,14 @@ class _Run:
                 quiet_since = time.monotonic()
 
     def close(self) -> None:
+        """Close the connection and log what was settled since the last time; again
+        later, only what is new is logged (a look once more may settle more)."""
         if self._conn_cm is not None:
             self._conn_cm.__exit__(None, None, None)
-        if self.outcomes:
+            self._conn_cm = self._conn = None
+        if self.outcomes != self._logged:
             self._log.info("reconciler.done", **self.outcomes)
+            self._logged = dict(self.outcomes)
 
 
 def _mtime(path: str) -> int:
