@@ -138,8 +138,11 @@ def test_database_down_then_back_replays_pending_exactly_once(tmp_path: Path, db
     seed(db, [("a-1", "alice", "core", "e-1")], [("e-1", "a-1", "s-old", "running")])
     home = tmp_path / "home"
     down = "postgresql://postgres@127.0.0.1:9/gone"
+    identity = {"GENIE_AGENT_NAME": "alice", "GENIE_TEAM": "core"}
+    # The database comes back under another URL here: the reconcilers that met the dead
+    # one give up at once (RECONCILE_RETRY_HORIZON=0) rather than retry it.
     for session in ("s-mid", "s-new", "s-new", "s-new"):
-        run_hook(home, down, {"session_id": session}, GENIE_AGENT_NAME="alice", GENIE_TEAM="core")
+        run_hook(home, down, {"session_id": session}, RECONCILE_RETRY_HORIZON="0", **identity)
     wait_settled_or_backoff(home)
     # One line per (key, session id), not per tool use.
     assert [r.type for r in journal.history(home)] == ["session.observed"] * 2
@@ -229,7 +232,14 @@ def test_a_late_settlement_never_writes_onto_an_executor_spawned_after_it(tmp_pa
     seed(db, [("a-1", "alice", "core", "e-1")], [("e-1", "a-1", "s-old", "running")])
     home = tmp_path / "home"
     down = "postgresql://postgres@127.0.0.1:9/gone"
-    run_hook(home, down, {"session_id": "s-1"}, GENIE_AGENT_NAME="alice", GENIE_TEAM="core")
+    run_hook(
+        home,
+        down,
+        {"session_id": "s-1"},
+        GENIE_AGENT_NAME="alice",
+        GENIE_TEAM="core",
+        RECONCILE_RETRY_HORIZON="0",  # its reconciler gives up: the database comes back
+    )  # under another URL here, and one retrying the dead URL would hold the backoff
     wait_idle(home)
     [observed] = journal.history(home)
     # The respawn, after the observation: the database's clock has passed its time.
