@@ -155,7 +155,10 @@ def explain(
     }
     if refusal is not None:
         why = f"{REASONS[UNTRUSTED_HOME]} ({refusal})"
-        action = "nothing (a warning hook.refused goes to the log, if the log is ours)"
+        action = (
+            "nothing but a warning hook.refused in the log (no log line when the state "
+            "directory itself is the one refused)"
+        )
         return Explanation(
             **common, record=None, verdict=UNTRUSTED_HOME, why=why, action=action,
             outcome=UNTRUSTED_HOME,

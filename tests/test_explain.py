@@ -284,3 +284,17 @@ def test_doctor_checks_the_identity_here_and_points_to_explain(tmp_path):
     good = identity(RECONCILE_EXECUTOR_ID="e-1")
     assert good["status"] == "ok" and "executor:e-1" in good["detail"]
     assert not home.exists()
+
+
+def test_the_global_home_flag_names_the_state_directory(tmp_path):
+    other = tmp_path / "other"
+    hold_backoff(other)
+    before = listing(other)
+    done = cli(
+        "--home", str(other), "explain", "--json", "--session-id", "s-1",
+        home=tmp_path / "unused", RECONCILE_EXECUTOR_ID="e-1",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert (found["home"], found["outcome"]) == (str(other), "miss:backoff")
+    assert listing(other) == before and not (tmp_path / "unused").exists()
