@@ -61,7 +61,8 @@ def _print(found: reconcile.Explanation) -> None:
         print("2. identity variables (in the order the hook looks):")
         for v in found.variables:
             state = "unset" if v.value is None else repr(v.value)
-            mark = " <- used" if v.used else ""
+            taken = (v.note or "").startswith("taken")
+            mark = (" <- taken" if taken else " <- used") if v.used else ""
             note = f"  ({v.note})" if v.note else ""
             print(f"   {v.source:<26} {state}{mark}{note}")
     step = 3

@@ -141,6 +141,8 @@ def explain(
     observation = observe(env, payload)
     if isinstance(observation, str):
         why = _why_skipped(observation, variables, payload)
+        if observation == "missing_identity":
+            variables = tuple(_not_enough(v, variables) for v in variables)
         return _skipped(observation, session_id, variables, home, exists, why, payload="ok")
     refusal = home_refusal(home)
     common: dict[str, Any] = {
@@ -269,6 +271,18 @@ def _variables(env: Mapping[str, str], payload: Mapping[str, Any]) -> list[Varia
                     note = "used, but not 1-256 printable ASCII characters: the hook skips"
             found.append(Variable(field, source, shown, used, note))
     return found
+
+
+def _not_enough(variable: Variable, variables: tuple[Variable, ...]) -> Variable:
+    """A value taken that made no identity alone (a name without a team, or the
+    reverse): said on its line, so that "used" does not read as "enough"."""
+    if not variable.used or variable.field not in ("agent_name", "team"):
+        return variable
+    other = "team" if variable.field == "agent_name" else "agent_name"
+    if any(v.used and v.field == other for v in variables):
+        return variable
+    wanted = "a team" if other == "team" else "an agent name"
+    return attrs.evolve(variable, note=f"taken, but counts for nothing without {wanted}")
 
 
 def _why_skipped(reason: str, variables: tuple[Variable, ...], payload: Mapping[str, Any]) -> str:

@@ -172,6 +172,7 @@ def test_an_agent_name_without_a_team_says_to_set_the_team(tmp_path):
     assert "verdict: missing_identity" in text
     assert "an agent name (GENIE_AGENT_NAME='alice') counts only with a team" in text
     assert "RECONCILE_TEAM (or GENIE_TEAM" in text
+    assert "counts for nothing without a team" in text  # on GENIE_AGENT_NAME's line
     found = explain(home, b'{"session_id": "s-1"}', GENIE_AGENT_NAME="alice", GENIE_TEAM="core")
     assert (found["key"], found["verdict"]) == ("agent-name:core/alice", "miss")
 
