@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 
 import journal
 import reconcile
-from cli import _commands, _db, _demo, _doctor, _install, _probe
+from cli import _commands, _db, _demo, _doctor, _explain, _install, _probe
 from cli._commands import UsageError
 
 OK, FAILED, USAGE, ENVIRONMENT, PIPE_CLOSED = 0, 1, 2, 3, 141
@@ -72,6 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("doctor", _doctor.run, "check the set-up and say the next step", home=False)
     p.set_defaults(diagnoses=True)
     p.add_argument("--settings", help="Claude Code settings (default ~/.claude/settings.json)")
+    p.add_argument("--json", action="store_true")
+
+    p = command(
+        "explain", _explain.run, "why the hook did what it did (writes nothing)", home=False
+    )
+    p.set_defaults(diagnoses=True)
+    p.add_argument("--payload", metavar="JSON", help="the hook's payload (default: stdin)")
+    p.add_argument("--session-id", metavar="ID", help="a payload with this session_id")
+    p.add_argument("--sync", action="store_true", help="as the hook with --sync")
     p.add_argument("--json", action="store_true")
 
     p = command("show", _commands.show, "cache entries as the hook sees them")

@@ -2,8 +2,9 @@
 
 The checks run in the order a newcomer sets things up: the state directory, the database
 URL, whether the database answers, its schema (tables, columns, index), and the hook in
-Claude Code's settings. A check that depends on a failed one is not run. The first failure
-names the one next step; exit 0 when all is well, 3 otherwise.
+Claude Code's settings, then the identity variables of the environment doctor runs in
+(what a hook started from it would see). A check that depends on a failed one is not
+run. The first failure names the one next step; exit 0 when all is well, 3 otherwise.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def run(args: Any, settings: reconcile.Settings) -> int:
         _state_directory(settings.home),
         *_database(settings),
         _hooks(path, args.settings),
+        _identity(),
     ]
     failed = [check for check in checks if check.status == FAILED]
     next_step = failed[0].next_step if failed else None
@@ -78,6 +80,25 @@ def _settings() -> Check:
         for bad in ignored
     )
     return Check("settings", FAILED, detail, _probe.settings_next_step(ignored))
+
+
+def _identity() -> Check:
+    """The identity variables here, as a hook started from this environment would take
+    them: none at all is fine (no agent session here); some that the hook cannot use is
+    the silent "the hook did nothing" of docs/operations.md, and ``explain`` says why."""
+    found = reconcile.explain(os.environ, b'{"session_id": "doctor"}')
+    name = "identity"
+    if found.identity is not None:
+        return Check(name, OK, f"a hook here would use the cache key {found.key}")
+    set_here = [f"{v.source}={v.value}" for v in found.variables if v.value is not None]
+    if not set_here:
+        return Check(
+            name, OK, "no identity variable set here (fine outside an agent session; "
+            "inside one, `reconcile explain --session-id ID` says what the hook sees)",
+        )  # fmt: skip
+    return Check(
+        name, FAILED, f"{', '.join(set_here)}: {found.why}", "reconcile explain --session-id ID"
+    )
 
 
 def _state_directory(home: Path) -> Check:

@@ -71,6 +71,20 @@ _IDENTITY_VARS = (
     ("team", "TEAM", "team_name"),
 )
 
+# Every reason the hook skips an event for (what :func:`parse_payload`, :func:`observe`
+# and :func:`reconcile._hook.handle` return instead of a verdict): one place, so that
+# ``reconcile explain`` has words for each (tests/test_explain.py checks both ways).
+SKIP_REASONS = (
+    "payload_too_large",
+    "payload_not_json",
+    "payload_not_object",
+    "missing_session_id",
+    "invalid_session_id",
+    *(f"invalid_{field}" for field, _, _ in _IDENTITY_VARS),
+    "missing_identity",
+    UNTRUSTED_HOME,
+)
+
 
 def default_home(env: "Mapping[str, str]") -> str:
     """``RECONCILE_HOME``, else ``${XDG_STATE_HOME:-~/.local/state}/reconcile``."""

@@ -393,6 +393,10 @@ def test_verify_words_its_differences(home, db):
     assert (difference["kind"], difference["expected"]) == ("executor_missing", "e-1")
 
 
+def hooks_check(report: dict) -> dict:
+    return next(c for c in report["checks"] if c["name"] == "claude hooks")
+
+
 def test_doctor_names_the_first_thing_wrong_until_all_is_well(tmp_path, database_url):
     home = tmp_path / "home"
     settings = tmp_path / "claude" / "settings.json"
@@ -431,7 +435,7 @@ def test_doctor_names_the_first_thing_wrong_until_all_is_well(tmp_path, database
     )
     code, report = doctor()
     assert code == 3 and report["next_step"].endswith(f"install-hooks --settings {settings}")
-    assert "is not on PATH" in report["checks"][-1]["detail"]
+    assert "is not on PATH" in hooks_check(report)["detail"]
     fix = subprocess.run(
         shlex.split(report["next_step"]),
         capture_output=True,
@@ -440,7 +444,7 @@ def test_doctor_names_the_first_thing_wrong_until_all_is_well(tmp_path, database
     )
     assert fix.returncode == 0, fix.stderr
     code, report = doctor()
-    assert report["checks"][-1]["status"] == "ok", report  # the next step fixed it
+    assert hooks_check(report)["status"] == "ok", report  # the next step fixed it
 
     script = Path(reconcile_command()[0])
     assert script.name == "reconcile", "the tests run against the installed script"

@@ -308,6 +308,8 @@ class Setup:
             "--executor": "e-1",
             "--type": "session.reconciled",
             "--max-entries": "50",
+            "--session-id": "s-doc",
+            "--payload": '{"session_id": "s-doc"}',
             **DEMO_SIZE,
         }
         if flag in by_flag:
