@@ -31,7 +31,7 @@ from typing import Any
 
 import attrs
 
-from journal import home_refusal, latest
+from journal import home_refusal
 from reconcile import _backoff as backoff
 from reconcile._fast import (
     _IDENTITY_VARS,
@@ -40,11 +40,9 @@ from reconcile._fast import (
     SKIP_REASONS,
     UNTRUSTED_HOME,
     WAITING,
-    agent_max_age,
-    classify,
     default_home,
     is_uuid,
-    negative_ttl,
+    lookup,
     observe,
     parse_payload,
     valid_value,
@@ -165,14 +163,7 @@ def explain(
             **common, record=None, verdict=UNTRUSTED_HOME, why=why, action=action,
             outcome=UNTRUSTED_HOME,
         )  # fmt: skip
-    record = latest(home, observation.key)
-    found = classify(
-        record,
-        observation,
-        max_age_s=agent_max_age(env),
-        negative_ttl_s=negative_ttl(env),
-        now_us=int(now * 1e6),
-    )
+    record, found = lookup(env, home, observation, int(now * 1e6))
     why = VERDICTS[found]
     if found == HIT:
         return Explanation(

@@ -325,6 +325,22 @@ def verdict(
     )
 
 
+def lookup(
+    env: "Mapping[str, str]", home: str, observation: Observation, now_us: int
+) -> "tuple[dict[str, Any] | None, str]":
+    """The key's latest record and the verdict on ``observation``, with the limits the
+    environment sets: what the hook decides on, and what ``reconcile explain`` shows."""
+    record = latest(home, observation.key)
+    found = classify(
+        record,
+        observation,
+        max_age_s=agent_max_age(env),
+        negative_ttl_s=negative_ttl(env),
+        now_us=now_us,
+    )
+    return record, found
+
+
 def check_hit(
     home: str, observation: Observation, *, max_age_s: float, now_us: int | None = None
 ) -> bool:

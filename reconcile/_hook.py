@@ -12,16 +12,14 @@ import posix
 import sys
 import time
 
-from journal import home_refusal, latest
+from journal import home_refusal
 from reconcile._fast import (
     HIT,
     MAX_PAYLOAD,
     UNTRUSTED_HOME,
-    agent_max_age,
-    classify,
     default_home,
     join_path,
-    negative_ttl,
+    lookup,
     observe,
     parse_payload,
 )
@@ -46,14 +44,7 @@ def handle(env: "Mapping[str, str]", raw: bytes | None, *, sync: bool = False) -
     home = default_home(env)
     if home_refusal(home) is not None:  # three lstat calls (docs/operations.md)
         return UNTRUSTED_HOME  # nothing read: a stranger's record is no hit, nor is it ours
-    record = latest(home, observation.key)
-    found = classify(
-        record,
-        observation,
-        max_age_s=agent_max_age(env),
-        negative_ttl_s=negative_ttl(env),
-        now_us=time.time_ns() // 1000,
-    )
+    record, found = lookup(env, home, observation, time.time_ns() // 1000)
     if found == HIT:
         return HIT
     from reconcile._outbox import settle_later
