@@ -225,8 +225,11 @@ def repair_transcripts(
     for row in everyone.rows:
         if row.project_dir is not None:
             users.setdefault(row.project_dir, set()).add(row.executor_id)
+    by_dir: dict[str, list[Transcript]] = {}
+    for orphan in report.orphans:
+        by_dir.setdefault(os.path.dirname(orphan.path), []).append(orphan)
     repairs = [
-        _plan(row, report, users)
+        _plan(row, report, users, by_dir.get(row.project_dir or "", []))
         for row in report.rows
         if row.newer_orphans and row.project_dir is not None
     ]
@@ -235,11 +238,13 @@ def repair_transcripts(
     return attrs.evolve(report, repairs=repairs, applied=apply)
 
 
-def _plan(row: Row, report: TranscriptReport, users: dict[str, set[str]]) -> Repair:
+def _plan(
+    row: Row, report: TranscriptReport, users: dict[str, set[str]], candidates: list[Transcript]
+) -> Repair:
+    """Whether ``row``'s directory has one orphan to observe (``candidates``: its orphans)."""
     directory = row.project_dir or ""
     listing = _list(directory)
-    orphans = {t.session_id for t in report.orphans}
-    candidates = [t for t in report.orphans if os.path.dirname(t.path) == directory]
+    orphans = {t.session_id for t in candidates}
     newest = max(candidates, key=lambda t: t.mtime_ns)
     plan = Repair(row.key, row.executor_id, newest.session_id, newest.path, "skip", "")
 
