@@ -313,3 +313,53 @@ def test_the_command_exits_1_on_a_missing_transcript_and_says_so(settings, claud
     assert text.returncode == 1 and b"cannot be resumed" in text.stdout
     usage = cli("verify", "--repair", home=settings.home, url=db)
     assert usage.returncode == 2 and b"--transcripts" in usage.stderr
+
+
+def test_a_terminal_executor_repaired_keeps_its_anchor(settings, claude_dir, db):
+    anchor = new_id()
+    seed(db, executors=[("e-done", None, anchor, "done")])
+    directory = project(claude_dir, "/w/done")
+    transcript(directory, anchor, mtime=journal_now() - 300)
+    live = new_id()
+    payload = {"session_id": live, "cwd": "/w/done"}
+    payload["transcript_path"] = str(transcript(directory, live, mtime=journal_now() - 200))
+    outcome = reconcile_session(settings, {"RECONCILE_EXECUTOR_ID": "e-done"}, payload)
+    assert outcome.kind == "divergence_preserved"
+    [row] = verify_transcripts(settings, {"CLAUDE_CONFIG_DIR": str(claude_dir)}).rows
+    assert (row.session_id, row.state) == (anchor, "ok")  # the row holds the anchor
+    missed = transcript(directory, new_id(), mtime=journal_now() + 30).stem
+    audits = len(audit_rows(db, "e-done"))
+    report = repair_transcripts(settings, {"CLAUDE_CONFIG_DIR": str(claude_dir)}, apply=True)
+    assert [(r.session_id, r.outcome) for r in report.repairs] == [
+        (missed, "session.divergence_preserved")
+    ]
+    assert session_of(db, "e-done") == anchor
+    assert len(audit_rows(db, "e-done")) == audits + 1  # the new pair, audited once
+
+
+def test_an_outcome_too_long_for_its_line_drops_the_paths_last(tmp_path):
+    from reconcile._outcome import append_fitted
+
+    wide = "/" + "x" * 1023
+    data = {  # an executor id is never cut: with it, the paths cannot fit
+        "executor_id": "e" * 2100,
+        "old_session_id": "o" * 2000,
+        "new_session_id": "s-1",
+        "agent": "a" * 2000,
+        "team": "t",
+        "transcript_path": wide,
+        "cwd": wide,
+    }
+    with journal.Writer(tmp_path) as writer:
+        append_fitted(writer, "executor:e-1", data, "session.reconciled")
+    [record] = journal.history(tmp_path)
+    assert record.data["new_session_id"] == "s-1"
+    assert record.data["truncated"] == ["agent", "old_session_id"]  # cut first, then
+    assert "transcript_path" not in record.data  # the paths dropped whole
+    too_long = "record too long"
+    assert record.data["dropped"] == {"transcript_path": too_long, "cwd": too_long}
+    shorter = dict(data, executor_id="e-1")  # cuts alone make it fit: the paths stay
+    with journal.Writer(tmp_path) as writer:
+        append_fitted(writer, "executor:e-1", shorter, "session.reconciled")
+    kept = journal.load(tmp_path)["executor:e-1"].data
+    assert kept["transcript_path"] == wide and "dropped" not in kept
