@@ -411,7 +411,8 @@ def _verify_transcripts(args: Any, settings: reconcile.Settings) -> int:
     if args.repair:
         for repair in report.repairs:
             if repair.action == "observe" and report.applied:
-                what = f"observed {repair.session_id}: {repair.outcome or 'not settled yet'}"
+                settled = repair.outcome or "journaled, settled once the database answers"
+                what = f"observed {repair.session_id}: {settled}"
             elif repair.action == "observe":
                 what = f"would observe {repair.session_id} ({repair.reason})"
             else:

@@ -26,6 +26,7 @@ from reconcile._fast import (
     CONFIRMED,
     DIVERGENCE_PRESERVED,
     RECONCILED,
+    UNSETTLED,
     Observation,
     is_uuid,
     valid_value,
@@ -271,36 +272,47 @@ def _plan(
 def _apply(settings: Settings, report: TranscriptReport, repairs: list[Repair]) -> list[Repair]:
     home = str(settings.home)
     rows = {row.key: row for row in report.rows}
-    for repair in repairs:
-        if repair.action != "observe":
-            continue
-        latest = journal.latest(home, repair.key)
-        if (
-            latest is not None
-            and journal.event_time_us(latest["id"]) * 1000 >= os.stat(repair.transcript).st_mtime_ns
-        ):  # the hooks saw it change meanwhile: theirs is the newer word
-            continue
-        observation = Observation(repair.session_id, repair.executor_id, None, None, None)
-        observation.key = repair.key  # the row's own cache entry, whatever its key form
-        cwd = rows[repair.key].cwd
-        payload = {TRANSCRIPT_PATH: repair.transcript, **({CWD: cwd} if cwd else {})}
-        append_observation(
-            home,
-            observation,
-            fsync=settings.fsync,
-            after=latest["id"] if latest is not None else None,
-            payload=payload,
-            extra={"source": "transcript"},
-        )
-    settle_pending(settings, wait_s=settings.statement_timeout_s, ignore_backoff=True)
     done = []
     for repair in repairs:
         if repair.action == "observe":
-            latest = journal.latest(home, repair.key)
-            outcome = latest["type"] if latest is not None else None
-            repair = attrs.evolve(repair, outcome=outcome)
+            repair = _observe(settings, repair, rows[repair.key].cwd)
         done.append(repair)
-    return done
+    if any(r.action == "observe" for r in done):
+        settle_pending(settings, wait_s=settings.statement_timeout_s, ignore_backoff=True)
+    settled = []
+    for repair in done:
+        if repair.action == "observe":
+            latest = journal.latest(home, repair.key)
+            kind = latest["type"] if latest is not None else None
+            repair = attrs.evolve(repair, outcome=None if kind in UNSETTLED else kind)
+        settled.append(repair)
+    return settled
+
+
+def _observe(settings: Settings, repair: Repair, cwd: str | None) -> Repair:
+    """Journal the observation of ``repair``, unless the hooks wrote about its row since
+    the transcript was last modified, or the transcript is gone (checked again now)."""
+    home = str(settings.home)
+    latest = journal.latest(home, repair.key)
+    try:
+        modified_ns = os.stat(repair.transcript).st_mtime_ns
+    except OSError as exc:
+        return attrs.evolve(repair, action="skip", reason=f"the transcript: {exc.strerror}")
+    if latest is not None and journal.event_time_us(latest["id"]) * 1000 >= modified_ns:
+        why = "the hooks saw this row change after the transcript was last written"
+        return attrs.evolve(repair, action="skip", reason=why)
+    observation = Observation(repair.session_id, repair.executor_id, None, None, None)
+    observation.key = repair.key  # the row's own cache entry, whatever its key form
+    payload = {TRANSCRIPT_PATH: repair.transcript, **({CWD: cwd} if cwd else {})}
+    append_observation(
+        home,
+        observation,
+        fsync=settings.fsync,
+        after=latest["id"] if latest is not None else None,
+        payload=payload,
+        extra={"source": "transcript"},
+    )
+    return repair
 
 
 def _settled_row(record: journal.Record) -> tuple[str, str] | None:

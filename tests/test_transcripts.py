@@ -23,6 +23,7 @@ from reconcile import (
     migrate,
     reconcile_session,
     repair_transcripts,
+    replay_to_db,
     verify_transcripts,
 )
 from reconcile._transcript import MAX_PATH_BYTES, project_dir_name, transcript_fields
@@ -363,3 +364,25 @@ def test_an_outcome_too_long_for_its_line_drops_the_paths_last(tmp_path):
         append_fitted(writer, "executor:e-1", shorter, "session.reconciled")
     kept = journal.load(tmp_path)["executor:e-1"].data
     assert kept["transcript_path"] == wide and "dropped" not in kept
+
+
+def test_repair_with_the_database_away_leaves_the_observation_for_the_reconciler(
+    settings, claude_dir, tmp_path
+):
+    directory = project(claude_dir, "/w/one")
+    first = new_id()
+    run(settings, "e-1", first, transcript(directory, first, mtime=journal_now() - 100), "/w/one")
+    missed = transcript(directory, new_id(), mtime=journal_now() + 30).stem
+    away = Settings.from_env(
+        {}, home=settings.home, database_url="postgresql://127.0.0.1:1/none", fsync=False
+    )
+    report = repair_transcripts(away, {"CLAUDE_CONFIG_DIR": str(claude_dir)}, apply=True)
+    [repair] = report.repairs
+    assert (repair.action, repair.outcome) == ("observe", None)
+    latest = journal.load(settings.home)["executor:e-1"]
+    assert latest.type == "session.observed" and latest.data["session_id"] == missed
+    assert latest.data["source"] == "transcript"
+    assert session_of(settings.database_url, "e-1") == first
+    assert repair_transcripts(settings, {"CLAUDE_CONFIG_DIR": str(claude_dir)}).repairs == []
+    replay_to_db(settings)  # as any waiting observation: the next reconciler settles it
+    assert session_of(settings.database_url, "e-1") == missed
