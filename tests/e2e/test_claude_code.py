@@ -344,3 +344,21 @@ def test_a_missed_rotation_and_a_deleted_transcript_are_found_and_one_repaired(
     problems = {r["key"]: r["problems"] for r in report["rows"] if r["problems"]}
     assert problems == {"executor:e-2": ["missing"]}
     assert report["orphans"] == []
+
+
+def test_a_long_working_directory_is_named_as_claude_code_names_it(sandbox, db):
+    """Past 200 characters Claude Code cuts the directory's name and adds a hash of the
+    whole path: the name derived here is the one it wrote, and the row checks out."""
+    place = sandbox.root / "work"
+    for part in ("a long project name with spaces", "and.dots.v2", "naïve ü", "x" * 60, "y" * 60):
+        place = place / part
+    place.mkdir(parents=True)
+    assert len(project_dir_name(str(place))) > 200
+    sandbox.install()
+    sandbox.work = place
+    run = sandbox.run("Start. tool uses: 1", RECONCILE_EXECUTOR_ID="e-3")
+    wait_for_session(db, "e-3", run.session_id)
+    projects = sandbox.home / ".claude" / "projects"
+    assert (projects / project_dir_name(str(place)) / f"{run.session_id}.jsonl").is_file()
+    code, report = verify(sandbox, sandbox.root / "state", db)
+    assert code == 0 and [r["state"] for r in report["rows"]] == ["ok"], report
