@@ -170,7 +170,14 @@ def session_rounds(args: argparse.Namespace, url: str, tmp: Path) -> None:
             }
             session = "s-hit" if hit else f"s-{round_}"
             argv = typed_hook_argv() if name == "hit, typed" else hook_argv()
-            payload = json.dumps({"session_id": session, "hook_event_name": "PreToolUse"}).encode()
+            payload = json.dumps(  # as Claude Code sends it, the transcript's place included
+                {
+                    "session_id": session,
+                    "hook_event_name": "PreToolUse",
+                    "transcript_path": f"/home/u/.claude/projects/-w/{session}.jsonl",
+                    "cwd": "/w",
+                }
+            ).encode()
             for _ in range(args.uses):
                 w, c = timed([sys.executable, "-c", "pass"], base_env, None)
                 wall["python -c pass"].append(w)

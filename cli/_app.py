@@ -110,6 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("verify", _commands.verify, "rebuild from history and compare")
     p.add_argument("--db", action="store_true", help="compare with the database too")
+    p.add_argument(
+        "--transcripts",
+        action="store_true",
+        help="instead: each settled executor against Claude Code's transcripts on this host",
+    )
+    p.add_argument("--key", help="(--transcripts) this cache key only")
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="(--transcripts) observe each unambiguous missed rotation (a dry run)",
+    )
+    p.add_argument("--apply", action="store_true", help="(--repair) do it")
     p.add_argument("--json", action="store_true")
 
     p = command("db", _db.db, "the database: migrate|up|down|status|url|remove")

@@ -316,6 +316,11 @@ def _replay_to_db(args: Any, settings: reconcile.Settings) -> int:
 
 
 def verify(args: Any, settings: reconcile.Settings) -> int:
+    if args.transcripts:
+        return _verify_transcripts(args, settings)
+    for flag in ("key", "repair", "apply"):
+        if getattr(args, flag):
+            raise UsageError(f"--{flag} goes with --transcripts")
     report = reconcile.verify(settings, db=args.db)
     if args.json:
         emit_json(report.to_dict())
@@ -358,3 +363,80 @@ def _explain(difference: reconcile.Difference) -> str:
     if difference.kind == "unreadable":
         return f"could not be read, so not verified: {found}"
     return f"{difference.kind}: expected {expected}, found {found}"
+
+
+def _verify_transcripts(args: Any, settings: reconcile.Settings) -> int:
+    """``verify --transcripts [--key K] [--repair [--apply]]`` (docs/transcripts.md)."""
+    import os
+
+    if args.db:
+        raise UsageError("--transcripts and --db are separate checks: run one, then the other")
+    if args.apply and not args.repair:
+        raise UsageError("--apply goes with --repair (which alone is a dry run)")
+    if args.key is not None and ":" not in args.key:
+        raise UsageError(f"--key {args.key!r}: keys look like {KEY_FORMS}")
+    if args.repair:
+        report = reconcile.repair_transcripts(settings, os.environ, key=args.key, apply=args.apply)
+    else:
+        report = reconcile.verify_transcripts(settings, os.environ, key=args.key)
+    if args.key is not None and not report.rows:
+        print(f"reconcile: no settled executor under key {args.key!r}", file=sys.stderr)
+    if args.json:
+        emit_json(report.to_dict())
+        return 0 if report.ok else 1
+    problems = sum(1 for row in report.rows if row.problems)
+    checked = sum(1 for row in report.rows if row.checked)
+    verdict = (
+        "consistent: every row checked can be resumed, and no newer session went unseen"
+        if report.ok
+        else f"{plural(problems, 'row')} with a problem"
+    )
+    emit_pairs(
+        [
+            ("verdict", verdict),
+            ("rows", f"{checked} of {plural(len(report.rows), 'settled executor')} checked"),
+            ("not checked", plural(len(report.unchecked), "row") if report.unchecked else None),
+            ("orphans", plural(len(report.orphans), "transcript") + " no hook observed"),
+            ("unreadable", ", ".join(report.errors) if report.errors else None),
+        ]
+    )
+    for row in report.rows:
+        if row.problems or not row.checked:
+            print(f"  {row.key}: {_transcript_row(row)}")
+    for orphan in report.orphans:
+        print(
+            f"  orphan {orphan.session_id}: {orphan.path}, "
+            f"{human_size(orphan.size)}, modified {_iso_ns(orphan.mtime_ns)}"
+        )
+    if args.repair:
+        for repair in report.repairs:
+            if repair.action == "observe" and report.applied:
+                settled = repair.outcome or "journaled, settled once the database answers"
+                what = f"observed {repair.session_id}: {settled}"
+            elif repair.action == "observe":
+                what = f"would observe {repair.session_id} ({repair.reason})"
+            else:
+                what = f"left alone: {repair.reason}"
+            print(f"  repair {repair.key} (executor {repair.executor_id}): {what}")
+        if not report.repairs:
+            print("  repair: nothing to repair")
+        elif not report.applied and any(r.action == "observe" for r in report.repairs):
+            print("  (a dry run: nothing written; --apply does it)")
+    return 0 if report.ok else 1
+
+
+def _transcript_row(row: Any) -> str:
+    session = f"session {row.session_id} (executor {row.executor_id})"
+    if row.state == "missing":
+        text = f"{session} cannot be resumed: no transcript at {row.transcript}"
+    elif not row.checked:
+        text = f"{session} not checked ({row.state}): {row.detail}"
+    else:
+        text = f"{session} at {row.transcript}"
+    if row.newer_orphans:
+        text += "; newer sessions no hook observed: " + ", ".join(row.newer_orphans)
+    return text
+
+
+def _iso_ns(ns: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns // 1_000_000_000))

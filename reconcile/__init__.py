@@ -50,6 +50,7 @@ __all__ = [
     "RowBusyError",
     "SchemaError",
     "SchemaState",
+    "TranscriptReport",
     "ServerError",
     "ServerOrphan",
     "ServerRemoval",
@@ -79,6 +80,7 @@ __all__ = [
     "reconcile_session",
     "reconciler_running",
     "redact_url",
+    "repair_transcripts",
     "release_lock",
     "replay_to_db",
     "run_hook",
@@ -101,6 +103,7 @@ __all__ = [
     "unsettled",
     "verdict",
     "verify",
+    "verify_transcripts",
 ]
 
 # Public name -> (private module, its name there).
@@ -192,6 +195,9 @@ _WHERE = {
     "events": ("_replay", "events"),
     "replay_to_db": ("_replay", "replay_to_db"),
     "verify": ("_replay", "verify"),
+    "TranscriptReport": ("_transcripts", "TranscriptReport"),
+    "repair_transcripts": ("_transcripts", "repair_transcripts"),
+    "verify_transcripts": ("_transcripts", "verify_transcripts"),
 }
 
 
@@ -289,4 +295,9 @@ if TYPE_CHECKING:
         executor_sessions,
         ping,
         resolve_url,
+    )
+    from reconcile._transcripts import (
+        TranscriptReport,
+        repair_transcripts,
+        verify_transcripts,
     )

@@ -79,12 +79,20 @@ def reconcile_session(
     )
     if found == HIT:
         return Outcome(HIT, key=observation.key)
-    return settle(settings, observation, observed=found != MISS)
+    return settle(settings, observation, observed=found != MISS, payload=payload)
 
 
-def settle(settings: Settings, observation: Observation, *, observed: bool = False) -> Outcome:
+def settle(
+    settings: Settings,
+    observation: Observation,
+    *,
+    observed: bool = False,
+    payload: Mapping[str, Any] | None = None,
+) -> Outcome:
     """Journal ``observation`` (unless ``observed`` already) and settle it now: run the
     reconciler in this process, waiting for a running one within the statement timeout.
+    ``payload``: the hook's, whose ``transcript_path`` and ``cwd`` the observation keeps
+    and its outcome carries on.
 
     The database unusable: the observation stays journaled (kind ``pending``), for the
     next reconciler. Never raises for anything the database does.
@@ -96,7 +104,7 @@ def settle(settings: Settings, observation: Observation, *, observed: bool = Fal
     if not observed:
         current = journal.latest(home, observation.key)
         after = current["id"] if current is not None else None
-        append_observation(home, observation, fsync=settings.fsync, after=after)
+        append_observation(home, observation, fsync=settings.fsync, after=after, payload=payload)
     report = settle_pending(settings, wait_s=settings.statement_timeout_s, ignore_backoff=True)
     record = journal.latest(home, observation.key)
     kind = _KIND.get(record["type"], PENDING) if record is not None else PENDING

@@ -50,6 +50,8 @@ from reconcile._fast import (
     valid_value,
 )
 from reconcile._lock import reconciler_running
+from reconcile._transcript import DROPPED, transcript_fields
+from reconcile._transcript import FIELDS as TRANSCRIPT_FIELDS
 
 _IDENTITY_HELP = (
     "the hook needs RECONCILE_EXECUTOR_ID, or an agent id (RECONCILE_AGENT_ID, or "
@@ -204,6 +206,12 @@ def explain(
     steps = []
     if found == MISS:
         steps.append(f"journal a session.observed record for {observation.key} under {home}")
+        located = transcript_fields(payload)
+        kept = [f for f in TRANSCRIPT_FIELDS if f in located]
+        if kept:
+            steps.append("keep the payload's " + " and ".join(kept) + " in it")
+        for field, problem in dict(located.get(DROPPED) or {}).items():  # type: ignore[call-overload]
+            steps.append(f"leave the payload's {field} out of it ({problem}), noted as dropped")
     running = reconciler_running(home)
     until = backoff.until(home, now)
     if sync:

@@ -50,7 +50,8 @@ def handle(env: "Mapping[str, str]", raw: bytes | None, *, sync: bool = False) -
     from reconcile._outbox import settle_later
 
     after = record["id"] if record is not None else None
-    return settle_later(home, env, observation, found, sync=sync, after=after)
+    given = payload if isinstance(payload, dict) else None  # (it is: observed from it)
+    return settle_later(home, env, observation, found, sync=sync, after=after, payload=given)
 
 
 # -- The hook process ----------------------------------------------------------------------

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import time
 
-from journal import Writer
+from journal import RecordTooLargeError, Writer
 from reconcile import _backoff as backoff
 from reconcile._fast import MISS, OBSERVED, UNSETTLED, Observation
 from reconcile._lock import compaction_running, release_lock, take_lock
@@ -42,6 +42,7 @@ def settle_later(
     *,
     sync: bool,
     after: str | None = None,
+    payload: Mapping[str, object] | None = None,
 ) -> str:
     """Past a hit: journal the observation on a miss, then see that it gets settled.
 
@@ -52,7 +53,7 @@ def settle_later(
     """
     if verdict == MISS:
         fsync = (env.get("RECONCILE_FSYNC") or "1").strip().lower() not in _FALSE
-        append_observation(home, observation, fsync=fsync, after=after)
+        append_observation(home, observation, fsync=fsync, after=after, payload=payload)
     if sync:
         from reconcile._reconciler import run_now
 
@@ -64,14 +65,44 @@ def settle_later(
 
 
 def append_observation(
-    home: str, observation: Observation, *, fsync: bool = True, after: str | None = None
+    home: str,
+    observation: Observation,
+    *,
+    fsync: bool = True,
+    after: str | None = None,
+    payload: Mapping[str, object] | None = None,
+    extra: Mapping[str, object] | None = None,
 ) -> str:
     """Journal that the hook saw ``observation``, after the event ``after`` if given (the
     key's latest: the fold must see the observation as newer, whatever the clocks did);
-    return the record's event id."""
-    data = {"identity": observation.identity(), "session_id": observation.session_id}
+    return the record's event id.
+
+    ``payload``: the hook's; its ``transcript_path`` and ``cwd`` are kept when valid. A
+    record they would make too long for one line is journaled without them, noted under
+    ``dropped``: the observation itself is never lost for them. ``extra``: more fields
+    (``reconcile verify --transcripts --repair`` notes where its observation came from).
+    """
+    data: dict[str, object] = {
+        "identity": observation.identity(),
+        "session_id": observation.session_id,
+    }
+    located = payload is not None and ("transcript_path" in payload or "cwd" in payload)
+    if located:
+        from reconcile._transcript import transcript_fields
+
+        data.update(transcript_fields(payload))
+    if extra:
+        data.update(extra)
     with Writer(home, fsync=fsync) as writer:
-        return writer.append(observation.key, data, OBSERVED, after=after)
+        try:
+            return writer.append(observation.key, data, OBSERVED, after=after)
+        except RecordTooLargeError:
+            if not located:
+                raise
+            from reconcile._transcript import without
+
+            shorter = without(data, "record too long")
+            return writer.append(observation.key, shorter, OBSERVED, after=after)
 
 
 def ensure_reconciler(home: str, env: Mapping[str, str], *, now_s: float | None = None) -> str:

@@ -13,6 +13,8 @@ import journal
 from reconcile._fast import CONFIRMED, DIVERGENCE_PRESERVED, RECONCILED
 from reconcile._log import get_logger
 from reconcile._store import RECOVERY_ANCHOR, Decision
+from reconcile._transcript import FIELDS as TRANSCRIPT_FIELDS
+from reconcile._transcript import without
 
 NO_EXECUTOR = "no_executor"
 
@@ -53,12 +55,18 @@ _CUTS = (256, 64, 16)  # characters; at 16 the rest always fits (docs/formats.md
 
 def fitted(data: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
     """``data``, then shorter and shorter versions of it: each :data:`TRUNCATABLE` field
-    longer than the cut becomes its first characters, listed in ``"truncated"``."""
+    longer than the cut becomes its first characters, listed in ``"truncated"``; last,
+    the shortest without the transcript's paths (never cut: a cut path names another
+    file), named under ``"dropped"``."""
     yield dict(data)
+    last = dict(data)
     for limit in _CUTS:
         cut = [f for f in TRUNCATABLE if isinstance(data.get(f), str) and len(data[f]) > limit]
         if cut:
-            yield {**data, **{f: data[f][:limit] for f in cut}, "truncated": cut}
+            last = {**data, **{f: data[f][:limit] for f in cut}, "truncated": cut}
+            yield last
+    if any(field in data for field in TRANSCRIPT_FIELDS):
+        yield without(last, "record too long")
 
 
 def append_fitted(
@@ -83,6 +91,8 @@ def append_fitted(
             continue
         if "truncated" in attempt:
             get_logger().warning("outcome.truncated", key=key, fields=attempt["truncated"])
+        if number > 1 and "dropped" in attempt and "dropped" not in data:
+            get_logger().warning("outcome.paths_dropped", key=key)
         return done
     raise AssertionError("unreachable: fitted() yields at least once")  # pragma: no cover
 

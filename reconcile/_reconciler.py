@@ -42,6 +42,7 @@ from reconcile._log import configure, get_logger
 from reconcile._outcome import NO_EXECUTOR, append_fitted, event_for
 from reconcile._settings import Settings
 from reconcile._store import STALE, connect, decide
+from reconcile._transcript import carried
 
 _IDENTITY_FIELDS = ("executor_id", "agent_id", "agent_name", "team")
 _LOCK_POLL_S = 0.01
@@ -359,6 +360,7 @@ def settle_one(
         value is None or valid_value(value) for value in fields.values()
     )
     outcome_data: dict[str, Any] = {"identity": fields, "session_id": session_id}
+    located = carried(data)  # where the session's transcript is: the outcome keeps it
     if not values_ok or not any(fields.values()) or not isinstance(session_id, str):
         return _reject(writer, record, outcome_data, "invalid identity or session id")
     # The outcome sorts right after the observation it answers, whatever the clocks did,
@@ -377,13 +379,13 @@ def settle_one(
     except RejectedError as exc:
         return _reject(writer, record, outcome_data, str(exc))
     if decision.outcome == NO_EXECUTOR:
-        _append(writer, record.key, outcome_data, UNRESOLVED, event_id)
+        _append(writer, record.key, {**outcome_data, **located}, UNRESOLVED, event_id)
         return "unresolved"
     if decision.outcome == STALE:  # a respawn while it waited: not this executor's id
         why = f"executor {decision.executor_id} began after it was observed; not written"
         return _reject(writer, record, outcome_data, why)
     event_type, event_data = event_for(decision, session_id)
-    _append(writer, record.key, event_data, event_type, event_id)
+    _append(writer, record.key, {**event_data, **located}, event_type, event_id)
     return decision.outcome
 
 

@@ -218,6 +218,13 @@ def test_miss_on_an_absent_home_says_the_hook_would_journal_and_start_one(tmp_pa
     assert journal.latest(home, "executor:e-1")["type"] == "session.observed"
 
 
+def test_a_miss_says_which_of_the_transcript_s_paths_it_keeps(tmp_path):
+    payload = json.dumps({"session_id": "s-1", "transcript_path": "/t/s-1.jsonl", "cwd": "w"})
+    found = explain(tmp_path / "home", payload.encode(), RECONCILE_EXECUTOR_ID="e-1")
+    assert "keep the payload's transcript_path in it" in found["action"]
+    assert "leave the payload's cwd out of it (not an absolute path)" in found["action"]
+
+
 def hold_backoff(home: Path) -> None:
     """A backoff in force for an hour, as a failing reconciler leaves it."""
     home.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -50,7 +50,14 @@ def test_the_hit_path_imports_only_its_own_modules(tmp_path: Path):
     env = clean_env(RECONCILE_HOME=str(tmp_path), RECONCILE_EXECUTOR_ID="e-1")
     env.pop("PYTHONPATH", None)
     baseline = imported([str(python), "-S", "-X", "importtime", "-c", "pass"], env)
-    payload = json.dumps({"session_id": "s-1", "hook_event_name": "PreToolUse"}).encode()
+    payload = json.dumps(  # as Claude Code sends it: the transcript's place on every event
+        {
+            "session_id": "s-1",
+            "hook_event_name": "PreToolUse",
+            "transcript_path": "/home/u/.claude/projects/-w/s-1.jsonl",
+            "cwd": "/w",
+        }
+    ).encode()
     hook = imported([str(python), "-S", "-X", "importtime", str(script), "hook"], env, payload)
     assert len(list(journal.history(tmp_path))) == 1  # it was a hit: nothing written
     added = hook - baseline

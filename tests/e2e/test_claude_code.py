@@ -25,9 +25,10 @@ import psycopg
 import pytest
 from claude_sandbox import CLAUDE_VARIABLE, Run, Sandbox, claude_binary, wait_for
 from fake_api import FakeMessagesAPI
-from reconcile_helpers import audit_rows, default_hook, hostile_project, seed, session_of
+from reconcile_helpers import audit_rows, cli, default_hook, hostile_project, seed, session_of
 
 from reconcile import migrate
+from reconcile._transcript import project_dir_name
 
 SESSION_SOURCES = "startup|resume|clear|compact|fork"
 
@@ -250,3 +251,114 @@ def test_every_tool_use_is_an_async_pre_tool_use_hook(sandbox, db):
     assert len(sandbox.hook_processes()) == 12
     wait_for_session(db, "e-1", run.session_id)
     assert len(audit_rows(db, "e-1")) == 1
+
+
+# -- verify --transcripts against the transcripts Claude Code writes ----------------------
+# Sessions run with the hook installed, then one with it uninstalled in an executor's
+# project directory (a rotation no hook saw), then another executor's transcript is
+# deleted: verify reports exactly those two, ``--repair --apply`` settles the missed
+# rotation with one audit row and leaves the other reported. The working directories
+# hold spaces, dots and non-ASCII characters, so the directory names Claude Code chose
+# are compared with the ones this tool derives (docs/transcripts.md).
+
+WORK_DIRS = ("my project.v2", "café déjà ✓ 🚀")
+
+
+def verify(box: Sandbox, state: Path, url: str, *args: str) -> tuple[int, dict]:
+    done = cli(
+        "verify",
+        "--transcripts",
+        "--json",
+        *args,
+        home=state,
+        url=url,
+        CLAUDE_CONFIG_DIR=str(box.home / ".claude"),
+    )
+    assert done.returncode in (0, 1), done.stderr
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_a_missed_rotation_and_a_deleted_transcript_are_found_and_one_repaired(
+    tmp_path, claude, api, db
+):
+    state = tmp_path / "state"
+    box = Sandbox(tmp_path, claude, api.url, RECONCILE_HOME=str(state), RECONCILE_DATABASE_URL=db)
+    box.allow_bash()
+    box.install()
+    places = []
+    for name in WORK_DIRS:
+        place = box.root / "work" / name
+        place.mkdir(parents=True)
+        places.append(place)
+
+    box.work = places[0]
+    first = box.run("Start. tool uses: 1", RECONCILE_EXECUTOR_ID="e-1")
+    wait_for_session(db, "e-1", first.session_id)
+    box.work = places[1]
+    other = box.run("Start. tool uses: 1", RECONCILE_EXECUTOR_ID="e-2")
+    wait_for_session(db, "e-2", other.session_id)
+
+    projects = box.home / ".claude" / "projects"
+    for place, run in zip(places, (first, other), strict=True):  # Claude Code's naming, ours
+        assert (projects / project_dir_name(str(place)) / f"{run.session_id}.jsonl").is_file()
+    code, report = verify(box, state, db)
+    assert code == 0, report
+    assert {r["key"]: r["state"] for r in report["rows"]} == {
+        "executor:e-1": "ok",
+        "executor:e-2": "ok",
+    }
+    assert all(r["located_by"] == "transcript_path" for r in report["rows"])
+    assert report["orphans"] == []
+
+    box.install("--uninstall")  # a session the hooks never see, in e-1's directory
+    box.work = places[0]
+    missed = box.run("Again. tool uses: 1", RECONCILE_EXECUTOR_ID="e-1")
+    assert missed.session_id != first.session_id
+    assert session_of(db, "e-1") == first.session_id
+    deleted = projects / project_dir_name(str(places[1])) / f"{other.session_id}.jsonl"
+    deleted.unlink()
+
+    code, report = verify(box, state, db)
+    assert code == 1
+    problems = {r["key"]: r["problems"] for r in report["rows"] if r["problems"]}
+    assert problems == {"executor:e-1": ["newer_orphan"], "executor:e-2": ["missing"]}
+    assert [o["session_id"] for o in report["orphans"]] == [missed.session_id]
+    audits = len(audit_rows(db, "e-1"))
+
+    code, report = verify(box, state, db, "--repair")  # a dry run
+    assert [(r["key"], r["action"]) for r in report["repairs"]] == [("executor:e-1", "observe")]
+    assert session_of(db, "e-1") == first.session_id
+
+    code, report = verify(box, state, db, "--repair", "--apply")
+    assert report["repairs"][0]["outcome"] == "session.reconciled"
+    assert session_of(db, "e-1") == missed.session_id
+    rows = audit_rows(db, "e-1")
+    assert len(rows) == audits + 1
+    assert (rows[-1][3]["old_session_id"], rows[-1][3]["new_session_id"]) == (
+        first.session_id,
+        missed.session_id,
+    )
+
+    code, report = verify(box, state, db)
+    assert code == 1
+    problems = {r["key"]: r["problems"] for r in report["rows"] if r["problems"]}
+    assert problems == {"executor:e-2": ["missing"]}
+    assert report["orphans"] == []
+
+
+def test_a_long_working_directory_is_named_as_claude_code_names_it(sandbox, db):
+    """Past 200 characters Claude Code cuts the directory's name and adds a hash of the
+    whole path: the name derived here is the one it wrote, and the row checks out."""
+    place = sandbox.root / "work"
+    for part in ("a long project name with spaces", "and.dots.v2", "naïve ü", "x" * 60, "y" * 60):
+        place = place / part
+    place.mkdir(parents=True)
+    assert len(project_dir_name(str(place))) > 200
+    sandbox.install()
+    sandbox.work = place
+    run = sandbox.run("Start. tool uses: 1", RECONCILE_EXECUTOR_ID="e-3")
+    wait_for_session(db, "e-3", run.session_id)
+    projects = sandbox.home / ".claude" / "projects"
+    assert (projects / project_dir_name(str(place)) / f"{run.session_id}.jsonl").is_file()
+    code, report = verify(sandbox, sandbox.root / "state", db)
+    assert code == 0 and [r["state"] for r in report["rows"]] == ["ok"], report
