@@ -35,6 +35,7 @@ import journal
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 PLACEHOLDER = re.compile(r"[A-Z][A-Z_]*")
 GLOBAL_WITH_VALUE = ("--home", "--database-url")
+PSQL_OPTIONS = ("--psql", "--unverified-server")  # `db psql`'s own, before psql's
 
 
 # -- what the documents say -------------------------------------------------------------
@@ -80,7 +81,7 @@ def command_lines(snippet: str) -> Iterator[tuple[str, ...]]:
             if not starts or len(words) == starts[0] + 1:
                 continue
             rest = words[starts[0] + 1 :]
-            if "..." in rest:  # an ellipsis stands for anything: not a command line
+            if any(w.endswith("...") for w in rest):  # `...`, `ARGS...`: anything at all
                 continue
             choices = [w.split("|") if "|" in w and " " not in w else [w] for w in rest]
             yield from itertools.product(*choices)
@@ -142,6 +143,15 @@ def parse(words: tuple[str, ...]) -> tuple[list[str], str | None, list[str]]:
 
 
 def flags_of(rest: list[str]) -> list[str]:
+    """The flags of ``rest``, but psql's after ``db psql`` (they are psql's to check), but
+    for the leading ones of ``db psql`` itself."""
+    if rest[:1] == ["psql"]:
+        leading: list[str] = []
+        words = rest[1:]
+        while words and words[0] in PSQL_OPTIONS:
+            leading.append(words[0])
+            words = words[2 if words[0] == "--psql" else 1 :]
+        return leading
     return [word for word in rest if word.startswith("-")]
 
 
@@ -166,7 +176,8 @@ def test_every_documented_command_and_flag_exists():
             if not PLACEHOLDER.fullmatch(command):  # `reconcile [flags] COMMAND`: any
                 unknown.append(command)
         else:
-            unknown += [f for f in flags_of(rest) if f not in options(command)]
+            known = [*options(command), *(PSQL_OPTIONS if rest[:1] == ["psql"] else ())]
+            unknown += [f for f in flags_of(rest) if f not in known]
             if command == "db" and (not rest or rest[0] not in db_actions()):
                 unknown.append(f"db action {rest[:1]}")
         if unknown:
@@ -190,6 +201,7 @@ def test_every_command_and_flag_is_documented():
             missing.append(f"reconcile {command}")
             continue
         wanted = [*options(command), *(db_actions() if command == "db" else [])]
+        wanted += list(PSQL_OPTIONS) if command == "db" else []  # in `db --help`'s text
         missing += [f"reconcile {command} {w}" for w in wanted if w not in shown[command]]
     assert missing == []
 
@@ -310,6 +322,7 @@ class Setup:
             "--max-entries": "50",
             "--session-id": "s-doc",
             "--payload": '{"session_id": "s-doc"}',
+            "--psql": str(bundled_psql()),
             **DEMO_SIZE,
         }
         if flag in by_flag:
@@ -319,6 +332,14 @@ class Setup:
         if name == "COMMAND":
             return "status"
         raise AssertionError(f"no value for the placeholder {name} after {flag!r}")
+
+
+@cache
+def bundled_psql() -> Path:
+    """The embedded server package's psql (libpq 18): what ``db psql`` runs by default."""
+    import reconcile
+
+    return reconcile.server_binaries() / "psql"
 
 
 def expected_code(words: tuple[str, ...], code: int) -> int:
@@ -355,3 +376,4 @@ def test_every_documented_command_line_runs_and_exits_0(setup):
         if done.returncode != expected_code(words, done.returncode):
             failed.append((where, shlex.join(argv), done.returncode, done.stderr.decode()[-300:]))
     assert failed == []
+
