@@ -377,3 +377,71 @@ def test_every_documented_command_line_runs_and_exits_0(setup):
             failed.append((where, shlex.join(argv), done.returncode, done.stderr.decode()[-300:]))
     assert failed == []
 
+
+# -- the seed examples of docs/database.md, run as written ---------------------------------
+
+SEEDED_AGENT = "7f0c1a52-5d1e-4c59-9f0e-2b6a7c3d9e11"
+
+
+def sql_blocks(path: Path) -> list[str]:
+    """The ```sql blocks of ``path``, in order."""
+    return re.findall(r"^```sql\n(.*?)^```", path.read_text(encoding="utf-8"), re.M | re.S)
+
+
+def test_the_seed_examples_work_on_the_embedded_database_and_beside_an_orchestrator(
+    setup, database_url
+):
+    """The first seed through `reconcile db psql` on the embedded server, the second on
+    a database shaped like genie's through `reconcile --database-url URL db psql`; then a
+    hook of that agent, identified as the docs show, and the row holds its session id."""
+    from orchestrator_helpers import orchestrator_migrate, rows
+
+    embedded, beside = sql_blocks(ROOT / "docs" / "database.md")
+    assert "reconcile db psql -v ON_ERROR_STOP=1 < seed.sql" in documented_text()
+    assert setup.run(["db", "up"]).returncode == 0
+    done = setup.run(["db", "psql", "-v", "ON_ERROR_STOP=1"], stdin=embedded.encode())
+    assert done.returncode == 0, done.stderr
+    done = setup.run(
+        ["hook"], stdin=b'{"session_id": "s-1"}', GENIE_AGENT_NAME="alice", GENIE_TEAM="core"
+    )
+    assert (done.returncode, done.stdout) == (0, b"")
+    wait_settled(setup.home)
+    query = "SELECT id, state, claude_session_id FROM executors"
+    done = setup.run(["db", "psql", "-X", "-tA", "-c", query])
+    assert (done.returncode, done.stdout) == (0, b"e-alice-1|running|s-1\n"), done.stderr
+
+    orchestrator_migrate(database_url)
+    other = setup.scratch / "beside"
+    migrated = setup.run(
+        ["--home", str(other), "db", "migrate"], RECONCILE_DATABASE_URL=database_url
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    psql = ["--home", str(other), "--database-url", database_url, "db", "psql"]
+    done = setup.run([*psql, "-v", "ON_ERROR_STOP=1"], stdin=beside.encode())
+    assert done.returncode == 0, done.stderr
+    done = setup.run(
+        ["--home", str(other), "hook"],
+        stdin=b'{"session_id": "s-2"}',
+        GENIE_AGENT_ID=SEEDED_AGENT,
+        RECONCILE_DATABASE_URL=database_url,
+    )
+    assert (done.returncode, done.stdout) == (0, b"")
+    wait_settled(other)
+    assert rows(database_url, query) == [("e-alice-1", "running", "s-2")]
+
+
+def documented_text() -> str:
+    return " ".join(" ".join(path.read_text(encoding="utf-8").split()) for path in DOCS)
+
+
+def readme() -> str:
+    return (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_readme_says_the_row_changes_after_the_hook_exits():
+    then = " ".join(readme().split("\n- Then: ", 1)[1].split("\n\n", 1)[0].split())
+    assert "The row changes shortly after the hook exits" in then
+    assert "background reconciler settles it, within a second or so" in then
+    assert "`reconcile status`" in then and "`reconcile explain`" in then
+    assert "[docs/database.md](docs/database.md)" in then
+
