@@ -445,3 +445,9 @@ def test_readme_says_the_row_changes_after_the_hook_exits():
     assert "`reconcile status`" in then and "`reconcile explain`" in then
     assert "[docs/database.md](docs/database.md)" in then
 
+
+def test_readme_says_what_the_first_db_up_creates_under_root():
+    first_run = " ".join(readme().split("## First run", 1)[1].split("\n## ", 1)[0].split())
+    assert "the first `db up` creates a system user, `reconcile-pg`" in first_run
+    assert "`/var/lib/reconcile-pg`" in first_run and "`reconcile doctor` says where" in first_run
+    assert "`reconcile db remove --orphans`" in first_run
