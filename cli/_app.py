@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 
 import journal
 import reconcile
-from cli import _commands, _db, _demo, _doctor, _explain, _install, _probe
+from cli import _commands, _db, _demo, _doctor, _explain, _install, _probe, _psql
 from cli._commands import UsageError
 
 OK, FAILED, USAGE, ENVIRONMENT, PIPE_CLOSED = 0, 1, 2, 3, 141
@@ -56,9 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
-        name: str, handler: Callable[..., int], help: str, *, home: bool = True
+        name: str,
+        handler: Callable[..., int],
+        help: str,
+        *,
+        home: bool = True,
+        more: str = "",
     ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
+        p = sub.add_parser(name, help=help, description=f"{help}. {more}" if more else help)
         p.set_defaults(handler=handler, needs_home=home)
         return p
 
@@ -124,15 +129,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--apply", action="store_true", help="(--repair) do it")
     p.add_argument("--json", action="store_true")
 
-    p = command("db", _db.db, "the database: migrate|up|down|status|url|remove")
-    p.add_argument("action", choices=["migrate", "up", "down", "status", "url", "remove"])
+    p = command(
+        "db",
+        _db.db,
+        "the database: migrate|up|down|status|url|psql|remove",
+        more="The embedded server's "
+        "`db url` is for clients on libpq 16 or later (it names require_auth, which "
+        "psycopg 3 with its own libpq, the embedded package's psql, and psql 16 or later "
+        "know); with an older psql, use `db psql [--psql PATH] [--unverified-server] "
+        "[ARGS...]`, which runs psql on the database, ARGS passed to psql as given "
+        "(docs/operations.md, psql)",
+    )
+    p.add_argument("action", choices=["migrate", "up", "down", "status", "url", "psql", "remove"])
     p.add_argument(
         "--create-tables",
         action="store_true",
         help="(migrate) the database is this tool's own: create the orchestrator's tables",
     )
     p.add_argument("--json", action="store_true")
-    p.add_argument("--show-password", action="store_true", help="(url) the password itself")
+    p.add_argument(
+        "--show-password",
+        action="store_true",
+        help="(url) the password itself, in the URL (still for libpq 16 or later)",
+    )
     p.add_argument(
         "--orphans",
         action="store_true",
@@ -178,6 +197,7 @@ def run(argv: list[str]) -> int:
     args: Any = None
     try:
         parser = build_parser()
+        argv, psql_args = _psql.split_argv(argv)  # after `db psql`: psql's own words
         try:
             args, extra = parser.parse_known_args(argv)
         except SystemExit as exc:  # argparse: --help or --version
@@ -186,6 +206,7 @@ def run(argv: list[str]) -> int:
             return int(args.handler(args, extra))
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.psql_args = psql_args
         # A malformed RECONCILE_* variable stops a command here, naming it, except the
         # two that diagnose: they run on the defaults and name it (docs/operations.md).
         settings = reconcile.Settings.from_env(

@@ -1,4 +1,4 @@
-"""``reconcile db migrate|up|down|status|url|remove``: the database's schema and the embedded
+"""``reconcile db migrate|up|down|status|url|psql|remove``: the database's schema and the embedded
 server.
 
 ``db up`` starts the embedded server and migrates it: that database is the tool's own, so
@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 
 import reconcile
-from cli import _probe
+from cli import _probe, _psql
 from cli._commands import UsageError
 from cli._output import emit_json, emit_pairs
 
@@ -46,6 +46,7 @@ def db(args: Any, settings: reconcile.Settings) -> int:
         "down": _down,
         "status": _status,
         "url": _url,
+        "psql": _psql.run,
         "remove": _remove_orphans if args.orphans else _remove,
     }
     return int(action[args.action](args, settings))

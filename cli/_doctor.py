@@ -1,7 +1,8 @@
 """``reconcile doctor``: is everything in place for the hook to work, and if not, what next?
 
 The checks run in the order a newcomer sets things up: the state directory, the database
-URL, whether the database answers, its schema (tables, columns, index), and the hook in
+URL, whether the database answers, its schema (tables, columns, index), where the
+embedded server keeps its data (and what deletes it), and the hook in
 Claude Code's settings, then the identity variables of the environment doctor runs in
 (what a hook started from it would see). A check that depends on a failed one is not
 run. The first failure names the one next step; exit 0 when all is well, 3 otherwise.
@@ -46,6 +47,7 @@ def run(args: Any, settings: reconcile.Settings) -> int:
         _settings(),
         _state_directory(settings.home),
         *_database(settings),
+        *_server(settings),
         _hooks(path, args.settings),
         _identity(),
     ]
@@ -137,6 +139,42 @@ def _database(settings: reconcile.Settings) -> list[Check]:
     else:
         checks.append(Check("schema", OK, f"{schema} (agents, executors, audit_events)"))
     return checks
+
+
+def _server(settings: reconcile.Settings) -> list[Check]:
+    """Where the embedded server keeps its data, and what deletes it (nothing but ``db
+    remove``); under root, that it lives outside the state directory, run by a system
+    user. No line for a configured database: it is not this tool's to keep."""
+    if settings.database_url:
+        return []
+    name = "server data"
+    root = os.geteuid() == 0
+    try:
+        server = reconcile.server_status(settings.home)
+        orphans = reconcile.server_orphans()
+    except reconcile.ServerError as exc:
+        return [Check(name, FAILED, str(exc), "see the detail; docs/operations.md, As root")]
+    if not server.initialized:
+        where = (
+            "under /var/lib/reconcile-pg, run by the system user reconcile-pg it creates"
+            if root
+            else f"in {settings.home / 'pg'}"
+        )
+        return [Check(name, OK, f"none yet: `reconcile db up` makes one, {where}")]
+    detail = (
+        f"{server.data_dir}: kept by `reconcile db down`, deleted only by `reconcile db remove`"
+    )
+    if root:
+        detail += (
+            " (as root it lives outside the state directory, run by the system user "
+            "reconcile-pg: deleting the state directory leaves it)"
+        )
+    if orphans:
+        detail += (
+            f"; {len(orphans)} server(s) under /var/lib/reconcile-pg whose state directory "
+            "is gone: `reconcile db remove --orphans` lists them"
+        )
+    return [Check(name, OK, detail)]
 
 
 def _hooks(path: Path, given: str | None) -> Check:

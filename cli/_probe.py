@@ -62,6 +62,9 @@ def database(settings: reconcile.Settings) -> dict[str, Any]:
         "server_version": None,
         "schema": None,  # {"state": current | drifted | missing_tables, ...}; None: unknown
         "error": None,
+        # Where the URL came from: --database-url, RECONCILE_DATABASE_URL; None: embedded.
+        "origin": settings.database_url_origin if settings.database_url else None,
+        "error_next_step": None,  # what the failure itself says to do, when it says
     }
     try:
         url = reconcile.resolve_url(settings)
@@ -74,7 +77,8 @@ def database(settings: reconcile.Settings) -> dict[str, Any]:
             found["reachable"] = True
             found["schema"] = reconcile.schema_state(conn).to_dict()
     except reconcile.DatabaseUnavailableError as exc:
-        found["error"] = str(exc)
+        found["error"] = exc.reason
+        found["error_next_step"] = exc.next_step
     return found
 
 
@@ -83,7 +87,8 @@ def database_next_step(found: dict[str, Any]) -> str | None:
     if not found["reachable"]:
         if found["embedded"]:
             return "reconcile db up"
-        return "start the database at RECONCILE_DATABASE_URL, or correct that URL"
+        origin = found["origin"]
+        return found["error_next_step"] or f"start the database at {origin}, or correct that URL"
     state = (found["schema"] or {}).get("state", "current")
     if state == "missing_tables" and not found["embedded"]:
         return (

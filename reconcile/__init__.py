@@ -62,6 +62,7 @@ __all__ = [
     "configure_logging",
     "connect",
     "database_activity",
+    "database_unavailable",
     "decide",
     "default_home",
     "events",
@@ -88,6 +89,7 @@ __all__ = [
     "run_reconciler",
     "schema_state",
     "server_binaries",
+    "server_client_environment",
     "server_down",
     "server_orphans",
     "server_remove",
@@ -169,6 +171,7 @@ _WHERE = {
     "Decision": ("_store", "Decision"),
     "connect": ("_store", "connect"),
     "database_activity": ("_store", "database_activity"),
+    "database_unavailable": ("_store", "unavailable"),
     "decide": ("_store", "decide"),
     "executor_sessions": ("_store", "executor_sessions"),
     "ping": ("_store", "ping"),
@@ -181,6 +184,7 @@ _WHERE = {
     "ServerRemoval": ("_server", "ServerRemoval"),
     "ServerStatus": ("_server", "ServerStatus"),
     "server_binaries": ("_server", "binaries"),
+    "server_client_environment": ("_server", "client_environment"),
     "server_down": ("_server", "down"),
     "server_orphans": ("_server", "orphans"),
     "server_remove": ("_server", "remove"),
@@ -277,6 +281,7 @@ if TYPE_CHECKING:
     from reconcile._schema import SchemaState, migrate, migration_connection, schema_state
     from reconcile._server import ServerRemoval, ServerStatus
     from reconcile._server import binaries as server_binaries
+    from reconcile._server import client_environment as server_client_environment
     from reconcile._server import down as server_down
     from reconcile._server import orphans as server_orphans
     from reconcile._server import removal as server_removal
@@ -296,6 +301,7 @@ if TYPE_CHECKING:
         ping,
         resolve_url,
     )
+    from reconcile._store import unavailable as database_unavailable
     from reconcile._transcripts import (
         TranscriptReport,
         repair_transcripts,

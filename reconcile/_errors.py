@@ -12,7 +12,15 @@ class ServerError(ReconcileError):
 
 
 class DatabaseUnavailableError(ReconcileError, ConnectionError):
-    """The database could not be reached or used (down, slow, auth, missing tables)."""
+    """The database could not be reached or used (down, slow, auth, missing tables).
+
+    ``reason``: what happened; ``next_step``: what to do about it, when known (the
+    message is both, ``reason; next_step``)."""
+
+    def __init__(self, reason: str = "", next_step: str | None = None) -> None:
+        super().__init__(f"{reason}; {next_step}" if next_step else reason)
+        self.reason = reason
+        self.next_step = next_step
 
 
 class RowBusyError(ReconcileError, TimeoutError):

@@ -39,7 +39,7 @@ from psycopg import errors, sql
 
 from reconcile._errors import DatabaseUnavailableError, SchemaError
 from reconcile._settings import Settings, redact_url
-from reconcile._store import deadline, describe, resolve_url
+from reconcile._store import deadline, describe, origin, resolve_url, unavailable
 
 CURRENT = "current"
 DRIFTED = "drifted"
@@ -513,8 +513,11 @@ def migration_connection(settings: Settings) -> Iterator[psycopg.Connection]:
                 options=f"-c statement_timeout=0 -c lock_timeout={lock_ms}",
             )
     except psycopg.Error as exc:
-        hint = pooled if "startup parameter" in str(exc) else ""
-        raise DatabaseUnavailableError(describe(exc, url) + hint) from None
+        if "startup parameter" in str(exc):
+            raise DatabaseUnavailableError(describe(exc, url) + pooled) from None
+        raise unavailable(exc, url, origin(settings)) from None
+    except DatabaseUnavailableError as exc:  # the deadline
+        raise unavailable(exc, url, origin(settings)) from None
     try:
         if _scalar(conn, _LOCK_TIMEOUT_MS_SQL) != str(lock_ms):
             ignored = f"{redact_url(url)}: startup options were ignored"

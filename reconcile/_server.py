@@ -202,6 +202,28 @@ def url(home: Path, *, show_password: bool = False) -> str | None:
     return _url(paths, port, password=password)
 
 
+def client_environment(home: Path) -> dict[str, str] | None:
+    """The libpq environment variables that reach the running server, None if it does
+    not run: for a client, such as ``psql``, that takes no URL of ours (``reconcile db
+    psql``). As :func:`url`: the password stays in the owner's ``pg/passfile``
+    (``PGPASSFILE``), and ``PGREQUIREAUTH`` makes a libpq 16 or later demand that the
+    server prove itself; an older libpq ignores it (the caller checks, and refuses)."""
+    paths = _paths(home)
+    if _running_pid(paths) is None:
+        return None
+    port = _stored_port(paths)
+    if port is None:
+        return None
+    return {
+        "PGHOST": "127.0.0.1",
+        "PGPORT": str(port),
+        "PGUSER": auth.ROLE,
+        "PGDATABASE": DATABASE,
+        "PGPASSFILE": str(paths.passfile),
+        "PGREQUIREAUTH": "scram-sha-256",
+    }
+
+
 def binaries() -> Path:
     """The directory of the wheel's PostgreSQL programs (``initdb``, ``pg_ctl``, ...)."""
     try:  # located, not imported: its __init__ imports psutil, platformdirs, fasteners

@@ -108,6 +108,9 @@ class Settings:
     log_max_bytes: int = attrs.field(
         default=4 << 20, validator=_positive, **_env("RECONCILE_LOG_MAX_BYTES", int)
     )
+    # Where database_url came from, as messages name it: the flag when given, else the
+    # variable (no variable of its own: from_env sets it).
+    database_url_origin: str = attrs.field(default="RECONCILE_DATABASE_URL", repr=False)
 
     @classmethod
     def from_env(
@@ -126,6 +129,8 @@ class Settings:
             raise ConfigError(malformed[0].message())
         values["home"] = default_home(env)
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if overrides.get("database_url") is not None:
+            values["database_url_origin"] = "--database-url"
         return cls(**values)
 
     @classmethod

@@ -14,6 +14,7 @@ their own (:mod:`reconcile._schema`).
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import threading
 import time
@@ -279,8 +280,8 @@ def connect(settings: Settings, *, application: str = "reconcile") -> Iterator[p
                 application_name=application,
                 prepare_threshold=None,
             )
-    except psycopg.Error as exc:
-        raise DatabaseUnavailableError(describe(exc, url)) from None
+    except (psycopg.Error, DatabaseUnavailableError) as exc:  # the latter: the deadline
+        raise unavailable(exc, url, origin(settings)) from None
     try:
         yield conn
     except psycopg.Error as exc:
@@ -295,6 +296,72 @@ def describe(exc: BaseException, url: str) -> str:
     for secret in _passwords(url):
         first = first.replace(secret, "***")
     return f"{redact_url(url)}: {first}"
+
+
+def unavailable(exc: BaseException, url: str, origin: str | None) -> DatabaseUnavailableError:
+    """The error for a failure to connect: :func:`describe`, and :func:`next_step`.
+    ``origin``: where the URL came from (``--database-url``, ``RECONCILE_DATABASE_URL``),
+    None for the embedded server. The one place such failures get their words."""
+    return DatabaseUnavailableError(describe(exc, url), next_step(exc, origin))
+
+
+# libpq's words for a connection string it cannot parse, and for the failures below.
+_NOT_A_URL = (
+    'missing "="',
+    "invalid connection option",
+    "invalid uri",
+    "invalid percent-encoded",
+    "unterminated quoted string",
+    "invalid integer value",
+    "invalid port number",
+    "invalid value for parameter",
+    "invalid sslmode",
+)
+_NOT_THERE = (
+    "connection refused",
+    "no such file or directory",
+    "timeout expired",
+    "did not answer",
+    "could not connect",
+    "network is unreachable",
+    "no route to host",
+    "server closed the connection",
+)
+EXAMPLE_URL = "postgresql://USER@HOST:5432/DBNAME"
+
+
+def next_step(exc: BaseException, origin: str | None) -> str | None:
+    """What to do about a failure to connect, by its kind (docs/operations.md, "When the
+    database does not answer"); None when libpq's words are all there is to say."""
+    text = str(exc).lower()
+    where = origin or "the embedded server's URL"
+    if any(words in text for words in _NOT_A_URL):
+        return (
+            f"{where} is not a valid PostgreSQL URL or connection string; write it as "
+            f"{EXAMPLE_URL} (or host=HOST port=5432 dbname=DBNAME user=USER)"
+        )
+    missing = re.search(r'database "([^"]*)" does not exist', str(exc))
+    if missing:
+        name = missing.group(1)
+        return (
+            f"the server has no database {name}: create it (createdb {name}, or CREATE "
+            "DATABASE), then run the orchestrator's migrations, or reconcile db migrate "
+            f"--create-tables in a database of this tool's own; or correct {where}"
+        )
+    if "could not translate host name" in text or "name or service not known" in text:
+        return f"no such host: correct the host in {where}"
+    if "password authentication failed" in text or ("role" in text and "does not exist" in text):
+        return f"the server refuses that user or password: correct them in {where}"
+    if any(words in text for words in _NOT_THERE):
+        if origin is None:
+            return "the embedded server does not answer: run reconcile db up"
+        return f"start the database at {origin}, or correct that URL"
+    return None
+
+
+def origin(settings: Settings) -> str | None:
+    """Where the database URL of ``settings`` came from; None: the embedded server."""
+    return settings.database_url_origin if settings.database_url else None
 
 
 def unusable(exc: psycopg.Error, message: str) -> DatabaseUnavailableError:

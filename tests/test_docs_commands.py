@@ -35,6 +35,7 @@ import journal
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 PLACEHOLDER = re.compile(r"[A-Z][A-Z_]*")
 GLOBAL_WITH_VALUE = ("--home", "--database-url")
+PSQL_OPTIONS = ("--psql", "--unverified-server")  # `db psql`'s own, before psql's
 
 
 # -- what the documents say -------------------------------------------------------------
@@ -80,7 +81,7 @@ def command_lines(snippet: str) -> Iterator[tuple[str, ...]]:
             if not starts or len(words) == starts[0] + 1:
                 continue
             rest = words[starts[0] + 1 :]
-            if "..." in rest:  # an ellipsis stands for anything: not a command line
+            if any(w.endswith("...") for w in rest):  # `...`, `ARGS...`: anything at all
                 continue
             choices = [w.split("|") if "|" in w and " " not in w else [w] for w in rest]
             yield from itertools.product(*choices)
@@ -142,6 +143,15 @@ def parse(words: tuple[str, ...]) -> tuple[list[str], str | None, list[str]]:
 
 
 def flags_of(rest: list[str]) -> list[str]:
+    """The flags of ``rest``, but psql's after ``db psql`` (they are psql's to check), but
+    for the leading ones of ``db psql`` itself."""
+    if rest[:1] == ["psql"]:
+        leading: list[str] = []
+        words = rest[1:]
+        while words and words[0] in PSQL_OPTIONS:
+            leading.append(words[0])
+            words = words[2 if words[0] == "--psql" else 1 :]
+        return leading
     return [word for word in rest if word.startswith("-")]
 
 
@@ -166,7 +176,8 @@ def test_every_documented_command_and_flag_exists():
             if not PLACEHOLDER.fullmatch(command):  # `reconcile [flags] COMMAND`: any
                 unknown.append(command)
         else:
-            unknown += [f for f in flags_of(rest) if f not in options(command)]
+            known = [*options(command), *(PSQL_OPTIONS if rest[:1] == ["psql"] else ())]
+            unknown += [f for f in flags_of(rest) if f not in known]
             if command == "db" and (not rest or rest[0] not in db_actions()):
                 unknown.append(f"db action {rest[:1]}")
         if unknown:
@@ -190,6 +201,7 @@ def test_every_command_and_flag_is_documented():
             missing.append(f"reconcile {command}")
             continue
         wanted = [*options(command), *(db_actions() if command == "db" else [])]
+        wanted += list(PSQL_OPTIONS) if command == "db" else []  # in `db --help`'s text
         missing += [f"reconcile {command} {w}" for w in wanted if w not in shown[command]]
     assert missing == []
 
@@ -310,6 +322,7 @@ class Setup:
             "--max-entries": "50",
             "--session-id": "s-doc",
             "--payload": '{"session_id": "s-doc"}',
+            "--psql": str(bundled_psql()),
             **DEMO_SIZE,
         }
         if flag in by_flag:
@@ -319,6 +332,14 @@ class Setup:
         if name == "COMMAND":
             return "status"
         raise AssertionError(f"no value for the placeholder {name} after {flag!r}")
+
+
+@cache
+def bundled_psql() -> Path:
+    """The embedded server package's psql (libpq 18): what ``db psql`` runs by default."""
+    import reconcile
+
+    return reconcile.server_binaries() / "psql"
 
 
 def expected_code(words: tuple[str, ...], code: int) -> int:
@@ -355,3 +376,78 @@ def test_every_documented_command_line_runs_and_exits_0(setup):
         if done.returncode != expected_code(words, done.returncode):
             failed.append((where, shlex.join(argv), done.returncode, done.stderr.decode()[-300:]))
     assert failed == []
+
+
+# -- the seed examples of docs/database.md, run as written ---------------------------------
+
+SEEDED_AGENT = "7f0c1a52-5d1e-4c59-9f0e-2b6a7c3d9e11"
+
+
+def sql_blocks(path: Path) -> list[str]:
+    """The ```sql blocks of ``path``, in order."""
+    return re.findall(r"^```sql\n(.*?)^```", path.read_text(encoding="utf-8"), re.M | re.S)
+
+
+def test_the_seed_examples_work_on_the_embedded_database_and_beside_an_orchestrator(
+    setup, database_url
+):
+    """The first seed through `reconcile db psql` on the embedded server, the second on
+    a database shaped like genie's through `reconcile --database-url URL db psql`; then a
+    hook of that agent, identified as the docs show, and the row holds its session id."""
+    from orchestrator_helpers import orchestrator_migrate, rows
+
+    embedded, beside = sql_blocks(ROOT / "docs" / "database.md")
+    assert "reconcile db psql -v ON_ERROR_STOP=1 < seed.sql" in documented_text()
+    assert setup.run(["db", "up"]).returncode == 0
+    done = setup.run(["db", "psql", "-v", "ON_ERROR_STOP=1"], stdin=embedded.encode())
+    assert done.returncode == 0, done.stderr
+    done = setup.run(
+        ["hook"], stdin=b'{"session_id": "s-1"}', GENIE_AGENT_NAME="alice", GENIE_TEAM="core"
+    )
+    assert (done.returncode, done.stdout) == (0, b"")
+    wait_settled(setup.home)
+    query = "SELECT id, state, claude_session_id FROM executors"
+    done = setup.run(["db", "psql", "-X", "-tA", "-c", query])
+    assert (done.returncode, done.stdout) == (0, b"e-alice-1|running|s-1\n"), done.stderr
+
+    orchestrator_migrate(database_url)
+    other = setup.scratch / "beside"
+    migrated = setup.run(
+        ["--home", str(other), "db", "migrate"], RECONCILE_DATABASE_URL=database_url
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    psql = ["--home", str(other), "--database-url", database_url, "db", "psql"]
+    done = setup.run([*psql, "-v", "ON_ERROR_STOP=1"], stdin=beside.encode())
+    assert done.returncode == 0, done.stderr
+    done = setup.run(
+        ["--home", str(other), "hook"],
+        stdin=b'{"session_id": "s-2"}',
+        GENIE_AGENT_ID=SEEDED_AGENT,
+        RECONCILE_DATABASE_URL=database_url,
+    )
+    assert (done.returncode, done.stdout) == (0, b"")
+    wait_settled(other)
+    assert rows(database_url, query) == [("e-alice-1", "running", "s-2")]
+
+
+def documented_text() -> str:
+    return " ".join(" ".join(path.read_text(encoding="utf-8").split()) for path in DOCS)
+
+
+def readme() -> str:
+    return (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_readme_says_the_row_changes_after_the_hook_exits():
+    then = " ".join(readme().split("\n- Then: ", 1)[1].split("\n\n", 1)[0].split())
+    assert "The row changes shortly after the hook exits" in then
+    assert "background reconciler settles it, within a second or so" in then
+    assert "`reconcile status`" in then and "`reconcile explain`" in then
+    assert "[docs/database.md](docs/database.md)" in then
+
+
+def test_readme_says_what_the_first_db_up_creates_under_root():
+    first_run = " ".join(readme().split("## First run", 1)[1].split("\n## ", 1)[0].split())
+    assert "the first `db up` creates a system user, `reconcile-pg`" in first_run
+    assert "`/var/lib/reconcile-pg`" in first_run and "`reconcile doctor` says where" in first_run
+    assert "`reconcile db remove --orphans`" in first_run
