@@ -308,7 +308,10 @@ def _replay_to_db(args: Any, settings: reconcile.Settings) -> int:
     emit_pairs(
         [
             ("applied", f"{report.pending} pending" + (f" ({settled})" if settled else "")),
-            ("superseded", f"{report.superseded} pending (a later event made them moot)"),
+            (
+                "superseded",
+                f"{report.superseded} waiting (a later observation of their key replaced them)",
+            ),
             ("audit rows", f"{report.audit_rows_inserted} missing ones inserted"),
         ]
     )

@@ -1,0 +1,53 @@
+"""Small things a newcomer trips over, each as a user meets it: real processes, a real
+PostgreSQL, real pipes and signals, real files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from reconcile_helpers import cli, command_line_database, run_hook, wait_idle, wait_settled
+
+
+@pytest.fixture
+def db(database_url: str, tmp_path: Path) -> str:
+    return command_line_database(database_url, tmp_path)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+# -- replay --to-db counts what it did, and says the same the second time ------------------
+
+
+def test_replay_to_db_counts_no_settled_history_as_superseded(home, db):
+    run_hook(home, db, {"session_id": "s-1"}, RECONCILE_EXECUTOR_ID="e-1")
+    wait_settled(home)
+    run_hook(home, db, {"session_id": "s-2"}, RECONCILE_EXECUTOR_ID="e-1")
+    wait_settled(home)
+    reports = []
+    for _ in range(3):
+        done = cli("replay", "--to-db", "--json", home=home, url=db)
+        assert done.returncode == 0, done.stderr
+        reports.append(json.loads(done.stdout))
+    assert reports[0]["pending"] == 0 and reports[0]["superseded"] == 0, reports[0]
+    assert reports[1] == reports[2] == {**reports[0], "audit_rows_inserted": 0}
+    human = cli("replay", "--to-db", home=home, url=db).stdout.decode()
+    assert "superseded:" not in human or "superseded: 0" in human.replace("  ", " ")
+
+
+def test_replay_to_db_counts_an_observation_a_later_one_replaced(home, db):
+    down = "postgresql://x@127.0.0.1:9/d"
+    no_retry = {"RECONCILE_RETRY_HORIZON": "0"}
+    for session in ("s-a", "s-b"):  # two observations the database never saw
+        run_hook(home, down, {"session_id": session}, RECONCILE_EXECUTOR_ID="e-1", **no_retry)
+        wait_idle(home)
+    done = cli("replay", "--to-db", "--json", home=home, url=db)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["pending"], report["superseded"]) == (1, 1), report
+    again = json.loads(cli("replay", "--to-db", "--json", home=home, url=db).stdout)
+    assert (again["pending"], again["superseded"]) == (0, 0), again
