@@ -2,9 +2,10 @@
 
 Exit codes (docs/operations.md): 0 ok, 1 verification failed, no such entry, or ``db
 remove`` without ``--yes`` (it lists what it would remove), 2 usage error, 3 environment
-error (database needed and unreachable, unusable state directory, ...), 141 output pipe
-closed by its reader (``reconcile replay | head``: the status a program killed by SIGPIPE
-has, so ``set -o pipefail`` sees what it sees with any Unix tool; nothing is printed).
+error (database needed and unreachable, unusable state directory, ...). An output pipe
+closed by its reader (``reconcile doctor | head -1``) changes nothing of that: the rest
+of the output is dropped quietly and the exit code is the command's own, whatever the
+timing (:func:`cli._output.closed_pipe_guard`).
 Errors, usage errors included, are one line on stderr; ``-v`` adds the traceback and
 human logs on stderr. ``reconcile hook`` exits 0 whatever its arguments: Claude Code
 treats a hook's exit 2 as "block this tool call".
@@ -24,8 +25,9 @@ import journal
 import reconcile
 from cli import _commands, _db, _demo, _doctor, _explain, _install, _probe
 from cli._commands import UsageError
+from cli._output import closed_pipe_guard
 
-OK, FAILED, USAGE, ENVIRONMENT, PIPE_CLOSED = 0, 1, 2, 3, 141
+OK, FAILED, USAGE, ENVIRONMENT = 0, 1, 2, 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -182,12 +184,8 @@ def run(argv: list[str]) -> int:
         if args.needs_home:  # doctor, install-hooks and demo leave the home alone
             _check_home(settings.home)  # first: logging writes under the home
             reconcile.configure_logging(settings, verbose=args.verbose)
-        code = int(args.handler(args, settings))
-        sys.stdout.flush()  # a closed pipe shows here, not at exit
-        return code
-    except BrokenPipeError:
-        _quiet_stdout()
-        return PIPE_CLOSED
+        with closed_pipe_guard():  # a reader gone: quiet, the exit code unchanged
+            return int(args.handler(args, settings))
     except (UsageError, reconcile.ConfigError) as exc:
         return _fail(args, exc, USAGE)
     except (reconcile.ReconcileError, journal.JournalError, OSError) as exc:
@@ -203,13 +201,6 @@ def _check_home(home: Path) -> None:
     if problem is not None:
         raise journal.UnsafePathError(f"{problem[0]}: {problem[1]}")
     journal.check_home(home)
-
-
-def _quiet_stdout() -> None:
-    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
 
 
 def _fail(args: Any, exc: BaseException, code: int) -> int:

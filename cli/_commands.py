@@ -18,7 +18,16 @@ from typing import Any
 import journal
 import reconcile
 from cli import _probe
-from cli._output import age, emit_json, emit_pairs, emit_table, plural, progress, progress_bar
+from cli._output import (
+    age,
+    emit_json,
+    emit_pairs,
+    emit_table,
+    plural,
+    progress,
+    progress_bar,
+    reader_gone,
+)
 from cli._output import size as human_size
 
 KEY_FORMS = "executor:ID, agent:ID or agent-name:TEAM/NAME"
@@ -281,6 +290,8 @@ def replay(args: Any, settings: reconcile.Settings) -> int:
         }
         out.write(json.dumps(line, separators=(",", ":"), default=dict) + "\n")
         count += 1
+        if reader_gone():  # `replay | head`: the rest would go nowhere
+            return 0
     if count == 0 and args.key and ":" not in args.key:
         print(
             f"reconcile: no events for key {args.key!r}; keys look like {KEY_FORMS}",

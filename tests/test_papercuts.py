@@ -4,10 +4,20 @@ PostgreSQL, real pipes and signals, real files."""
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
-from reconcile_helpers import cli, command_line_database, run_hook, wait_idle, wait_settled
+from reconcile_helpers import (
+    clean_env,
+    cli,
+    command_line_database,
+    reconcile_command,
+    run_hook,
+    wait_idle,
+    wait_settled,
+)
 
 
 @pytest.fixture
@@ -51,3 +61,28 @@ def test_replay_to_db_counts_an_observation_a_later_one_replaced(home, db):
     assert (report["pending"], report["superseded"]) == (1, 1), report
     again = json.loads(cli("replay", "--to-db", "--json", home=home, url=db).stdout)
     assert (again["pending"], again["superseded"]) == (0, 0), again
+
+
+# -- a reader that goes away early changes no exit code ---------------------------------------
+
+
+@pytest.mark.parametrize(("command", "code"), [("doctor", 3), ("status", 0)])
+def test_head_1_sees_the_commands_own_exit_code_every_time(tmp_path, command, code):
+    """`reconcile doctor | head -1` under pipefail: doctor's 3 (no hook installed), never
+    masked by the closed pipe, however the race between the writer and `head` goes."""
+    home = tmp_path / "home"
+    env = clean_env(RECONCILE_HOME=str(home))
+    script = (
+        "set -o pipefail; for i in $(seq 20); do "
+        f'{shlex.join(reconcile_command())} {command} --settings "$1" 2>/dev/null | head -1 '
+        '>/dev/null; echo "$?"; done'
+    )
+    if command != "doctor":
+        script = script.replace(' --settings "$1"', "")
+    done = subprocess.run(
+        ["bash", "-c", script, "bash", str(tmp_path / "settings.json")],
+        capture_output=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.stdout.decode().split() == [str(code)] * 20, done.stderr
