@@ -26,6 +26,7 @@ import reconcile
 from cli import _commands, _db, _demo, _doctor, _explain, _install, _probe
 from cli._commands import UsageError
 from cli._output import closed_pipe_guard
+from cli._probe import no_home
 
 OK, FAILED, USAGE, ENVIRONMENT = 0, 1, 2, 3
 
@@ -183,15 +184,32 @@ def run(argv: list[str]) -> int:
         )
         if args.needs_home:  # doctor, install-hooks and demo leave the home alone
             _check_home(settings.home)  # first: logging writes under the home
-            reconcile.configure_logging(settings, verbose=args.verbose)
+            read_only = _read_only(args)
+            reconcile.configure_logging(settings, verbose=args.verbose, create=not read_only)
         with closed_pipe_guard():  # a reader gone: quiet, the exit code unchanged
-            return int(args.handler(args, settings))
+            code = int(args.handler(args, settings))
+        # A read-only command's home that does not exist (status says so itself; an
+        # error says what to do instead)
+        looked = code == OK and args.command != "status" and _read_only(args)
+        if looked and not os.path.lexists(settings.home):
+            sys.stderr.write(f"reconcile: note: {no_home(settings.home)}\n")
+        return code
     except (UsageError, reconcile.ConfigError) as exc:
         return _fail(args, exc, USAGE)
     except (reconcile.ReconcileError, journal.JournalError, OSError) as exc:
         return _fail(args, exc, ENVIRONMENT)
     except KeyboardInterrupt:
         return 130
+
+
+def _read_only(args: Any) -> bool:
+    """Whether the command only looks: it then creates nothing, not even the state
+    directory or its log directory (docs/operations.md)."""
+    if args.command == "replay":
+        return not args.to_db
+    if args.command == "db":
+        return args.action in ("status", "url")
+    return args.command in ("status", "show", "verify")
 
 
 def _check_home(home: Path) -> None:

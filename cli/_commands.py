@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import sys
 import time
 from collections.abc import Iterable
@@ -40,7 +41,6 @@ class UsageError(Exception):
 def hook(args: Any, argv: list[str]) -> int:
     """``reconcile [--home H] [--database-url U] hook [--sync]``: the hook, the global flags
     as its environment, ``argv`` what followed ``hook``."""
-    import os
 
     env = dict(os.environ)
     if args.home:
@@ -110,6 +110,7 @@ def status_data(settings: reconcile.Settings) -> dict[str, Any]:
     ignored = _probe.ignored_settings()
     return {
         "home": str(settings.home),
+        "home_exists": os.path.lexists(settings.home),
         "settings_ignored": ignored,
         "entries": len(state),
         "max_entries": settings.max_entries,
@@ -127,7 +128,12 @@ def status_rows(d: dict[str, Any]) -> list[tuple[str, str | None]]:
     skipped = sum(d["skipped"].values())
     reasons = ", ".join(f"{n} {reason}" for reason, n in d["skipped"].items() if n)
     return [
-        ("state directory", d["home"]),
+        (
+            "state directory",
+            d["home"]
+            if d["home_exists"]
+            else f"{d['home']} (none yet: the first hook or `reconcile db up` creates it)",
+        ),
         *(
             (
                 "setting ignored",

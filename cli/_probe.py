@@ -39,6 +39,11 @@ def home_problem(home: Path) -> tuple[str, str] | None:
     return None
 
 
+def no_home(home: Path) -> str:
+    """What a read-only command says of a state directory that does not exist."""
+    return f"no state directory at {home} yet; the first hook or `reconcile db up` creates it"
+
+
 def ignored_settings() -> list[dict[str, Any]]:
     """The malformed ``RECONCILE_*`` variables of this process's environment, which the
     hook and the reconciler replace by their defaults (docs/operations.md, "Settings")."""

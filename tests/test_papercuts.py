@@ -86,3 +86,44 @@ def test_head_1_sees_the_commands_own_exit_code_every_time(tmp_path, command, co
         timeout=600,
     )
     assert done.stdout.decode().split() == [str(code)] * 20, done.stderr
+
+
+# -- commands that only look create nothing ---------------------------------------------------
+
+READ_ONLY = [
+    ("status",),
+    ("status", "--json"),
+    ("show",),
+    ("show", "executor:e-1"),
+    ("replay",),
+    ("replay", "--key", "executor:e-1"),
+    ("verify",),
+    ("verify", "--db"),
+    ("explain", "--session-id", "s-1"),
+    ("doctor",),
+    ("db", "status"),
+    ("db", "url"),
+]
+
+
+@pytest.mark.parametrize("command", READ_ONLY, ids=" ".join)
+def test_a_read_only_command_creates_no_state_directory(tmp_path, command):
+    typo = tmp_path / "typo"
+    done = cli(*command, home=typo / "deeper")
+    assert done.returncode in (0, 1, 3), done.stderr
+    assert not typo.exists(), sorted(p for p in typo.rglob("*"))
+    assert list(tmp_path.iterdir()) == []
+    if command[0] == "status" and done.returncode == 0 and "--json" not in command:
+        assert b"none yet: the first hook or `reconcile db up` creates it" in done.stdout
+    elif done.returncode == 0 and command[0] in ("show", "replay", "verify"):
+        assert b"no state directory at " in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("command", READ_ONLY, ids=" ".join)
+def test_a_read_only_command_creates_nothing_in_an_empty_home(tmp_path, command):
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    done = cli(*command, home=home)
+    assert done.returncode in (0, 1, 3), done.stderr
+    assert list(home.iterdir()) == []
+    assert b"no state directory" not in done.stderr
