@@ -4,6 +4,7 @@ PostgreSQL, real pipes and signals, real files."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 from pathlib import Path
@@ -127,3 +128,56 @@ def test_a_read_only_command_creates_nothing_in_an_empty_home(tmp_path, command)
     assert done.returncode in (0, 1, 3), done.stderr
     assert list(home.iterdir()) == []
     assert b"no state directory" not in done.stderr
+
+
+# -- install-hooks then --uninstall leave things as they were ----------------------------------
+
+
+def _install_hooks(home: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    env = clean_env(HOME=str(home), RECONCILE_HOME=str(home / "state"))
+    done = subprocess.run(
+        [*reconcile_command(), "install-hooks", "--claude-version", "2.1.200", *args],
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_install_then_uninstall_in_an_empty_home_leaves_no_file(tmp_path):
+    home = tmp_path / "user"
+    home.mkdir()
+    _install_hooks(home)
+    settings = home / ".claude" / "settings.json"
+    assert "UserPromptSubmit" in json.loads(settings.read_text())["hooks"]
+    done = _install_hooks(home, "--uninstall")
+    assert b"file removed" in done.stdout
+    assert [p for p in home.rglob("*") if not p.is_dir()] == []  # no settings.json, no .bak
+    assert b"nothing to remove" in _install_hooks(home, "--uninstall").stdout
+
+
+@pytest.mark.parametrize("content", ["", "{}\n"])
+def test_a_settings_file_holding_nothing_gets_no_backup(tmp_path, content):
+    home = tmp_path / "user"
+    (home / ".claude").mkdir(parents=True)
+    settings = home / ".claude" / "settings.json"
+    settings.write_text(content)
+    done = _install_hooks(home)
+    assert b"what was there before" not in done.stdout
+    assert sorted(os.listdir(home / ".claude")) == ["settings.json"]
+
+
+def test_uninstall_through_a_link_keeps_the_link(tmp_path):
+    """A settings.json kept as a link (dotfiles) stays a link, its file holding ``{}``."""
+    home = tmp_path / "user"
+    dotfiles = tmp_path / "dotfiles"
+    (home / ".claude").mkdir(parents=True)
+    dotfiles.mkdir()
+    (dotfiles / "settings.json").write_text("{}\n")
+    link = home / ".claude" / "settings.json"
+    link.symlink_to(dotfiles / "settings.json")
+    _install_hooks(home)
+    _install_hooks(home, "--uninstall")
+    assert link.is_symlink() and json.loads(link.read_text()) == {}
+    assert os.listdir(dotfiles) == ["settings.json"]
