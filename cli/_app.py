@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     _install.add_arguments(p)
 
     p = command("demo", _demo.run, "the whole thing on a throwaway embedded PostgreSQL", home=False)
+    p.set_defaults(own_settings=True)  # the user's RECONCILE_* tuning is not the demo's
     p.add_argument("--home", dest="demo_home", help="keep the demo's state here (new or empty)")
     p.add_argument("--agents", type=_positive_int, default=24)
     p.add_argument("--forks", type=_positive_int, default=200)
@@ -178,7 +179,8 @@ def run(argv: list[str]) -> int:
         # two that diagnose: they run on the defaults and name it (docs/operations.md).
         settings = reconcile.Settings.from_env(
             os.environ,
-            ignore_malformed=getattr(args, "diagnoses", False),
+            ignore_malformed=getattr(args, "diagnoses", False)
+            or getattr(args, "own_settings", False),
             home=args.home,
             database_url=args.database_url,
         )

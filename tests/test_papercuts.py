@@ -6,7 +6,12 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
+import signal
 import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +24,8 @@ from reconcile_helpers import (
     wait_idle,
     wait_settled,
 )
+
+import reconcile
 
 
 @pytest.fixture
@@ -181,3 +188,71 @@ def test_uninstall_through_a_link_keeps_the_link(tmp_path):
     _install_hooks(home, "--uninstall")
     assert link.is_symlink() and json.loads(link.read_text()) == {}
     assert os.listdir(dotfiles) == ["settings.json"]
+
+
+# -- the demo: cleaned up on SIGTERM and SIGHUP, on its own settings ---------------------------
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """Outside pytest's 0700 root (as root, the demo's server runs as another user)."""
+    path = Path(tempfile.mkdtemp(prefix="reconcile-test-papercuts-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_the_demo_cleans_up_when_terminated(scratch, sig):
+    env = clean_env(TMPDIR=str(scratch))
+    proc = subprocess.Popen(
+        [*reconcile_command(), "demo", "--forks", "1000000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    lines: list[bytes] = []
+    assert proc.stderr is not None
+    for line in proc.stderr:  # its narration, until its server is up and seeded
+        lines.append(line)
+        if b"agents seeded" in line:
+            break
+    else:
+        raise AssertionError(b"".join(lines))
+    [home] = list(scratch.iterdir())
+    server = reconcile.server_status(home)
+    assert server.running and server.pid, server
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 128 + sig, err
+    assert b"Traceback" not in err and b"cleaned up" in err
+    assert list(scratch.iterdir()) == []  # its temporary state directory: gone
+    give_up = time.monotonic() + 300
+    while _alive(server.pid):  # stopped by the demo; reaped by init
+        assert time.monotonic() < give_up, f"postgres {server.pid} still runs"
+        time.sleep(0.1)
+
+
+def test_the_demo_runs_on_its_own_settings(scratch):
+    env = clean_env(
+        TMPDIR=str(scratch), RECONCILE_MAX_ENTRIES="3", RECONCILE_COMPACT_THRESHOLD="nope"
+    )
+    done = subprocess.run(
+        [*reconcile_command(), "demo", "--agents", "6", "--forks", "30", "--json"],
+        capture_output=True,
+        env=env,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["max_entries"] == 1000  # the default, not the user's 3
+    assert report["lost"] == 0 and report["verified"] is True
+    assert list(scratch.iterdir()) == []
