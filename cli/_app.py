@@ -14,6 +14,7 @@ treats a hook's exit 2 as "block this tool call".
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 import traceback
@@ -32,10 +33,20 @@ OK, FAILED, USAGE, ENVIRONMENT = 0, 1, 2, 3
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line usage errors (it prints the whole usage by default)."""
+    """argparse with one-line usage errors (it prints the whole usage by default), and a
+    "did you mean" for a mistyped command or choice (``stauts``, ``db upp``)."""
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see: {self.prog} --help)")
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        choices = action.choices
+        if choices is not None and value not in choices:
+            names = [str(choice) for choice in choices]
+            guess = difflib.get_close_matches(str(value), names, n=1, cutoff=0.6)
+            hint = f"did you mean {guess[0]!r}?" if guess else "choose from " + ", ".join(names)
+            raise argparse.ArgumentError(action, f"invalid choice: {value!r}; {hint}")
+        super()._check_value(action, value)
 
 
 def _version() -> str:
@@ -62,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         name: str, handler: Callable[..., int], help: str, *, home: bool = True
     ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
-        p.set_defaults(handler=handler, needs_home=home)
+        p.set_defaults(handler=handler, needs_home=home, command_parser=p)
         return p
 
     p = command("hook", _commands.hook, "the Claude Code hook: reads the payload on stdin")
@@ -173,8 +184,10 @@ def run(argv: list[str]) -> int:
             return int(exc.code or 0)
         if args.command == "hook":  # whatever follows it: the hook always exits 0
             return int(args.handler(args, extra))
-        if extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if extra:  # the command's own help says what it takes
+            args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if args.command == "db":
+            _db.check_options(args)
         # A malformed RECONCILE_* variable stops a command here, naming it, except the
         # two that diagnose: they run on the defaults and name it (docs/operations.md).
         settings = reconcile.Settings.from_env(

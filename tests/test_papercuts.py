@@ -25,6 +25,7 @@ from reconcile_helpers import (
     wait_settled,
 )
 
+import journal
 import reconcile
 
 
@@ -256,3 +257,126 @@ def test_the_demo_runs_on_its_own_settings(scratch):
     assert report["max_entries"] == 1000  # the default, not the user's 3
     assert report["lost"] == 0 and report["verified"] is True
     assert list(scratch.iterdir()) == []
+
+
+# -- one way of saying each thing ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("inside", "mode"), [("", 0o770), ("journal", 0o777), ("snapshot", 0o622)], ids=str
+)
+def test_modes_and_their_fix_are_worded_one_way(tmp_path, inside, mode):
+    home = tmp_path / "home"
+    run_hook(home, "postgresql://x@127.0.0.1:9/d", {"session_id": "s"}, RECONCILE_RETRY_HORIZON="0")
+    assert cli("compact", home=home).returncode == 0
+    path = home / inside if inside else home
+    path.chmod(mode)
+    try:
+        done = cli("status", home=home)
+        doctor = json.loads(cli("doctor", "--json", home=home).stdout)
+    finally:
+        path.chmod(0o700 if path.is_dir() else 0o600)
+    assert done.returncode == 3
+    expected = (
+        f"reconcile: error: {path} is writable by group or others (mode {mode:04o}): "
+        f"check what it holds, then chmod go-w {path}\n"
+    )
+    assert done.stderr.decode() == expected
+    [check] = [c for c in doctor["checks"] if c["name"] == "state directory"]
+    assert f"(mode {mode:04o})" in check["detail"]
+    assert check["next_step"] == f"check what it holds, then chmod go-w {path}"
+
+
+def test_show_of_a_missing_key_is_an_error_and_replay_a_filter_with_the_same_hint(home, db):
+    run_hook(home, db, {"session_id": "s-new"}, RECONCILE_EXECUTOR_ID="e-1")
+    wait_settled(home)
+    shown = cli("show", "e-1", home=home)
+    assert shown.returncode == 1 and shown.stdout == b""
+    hint = b"did you mean 'executor:e-1'?"
+    assert shown.stderr == b"reconcile: error: no cache entry for 'e-1'; " + hint + b"\n"
+    replayed = cli("replay", "--key", "e-1", home=home)
+    assert replayed.returncode == 0 and replayed.stdout == b""
+    assert replayed.stderr == b"reconcile: note: no events for 'e-1'; " + hint + b"\n"
+
+
+def test_forget_twice_is_harmless(home, db):
+    run_hook(home, db, {"session_id": "s-new"}, RECONCILE_EXECUTOR_ID="e-1")
+    wait_settled(home)
+    first = cli("forget", "executor:e-1", home=home)
+    assert first.returncode == 0, first.stderr
+    records = len(list(journal.history(home)))
+    again = cli("forget", "executor:e-1", home=home)
+    assert again.returncode == 0, again.stderr
+    assert b"executor:e-1 was already forgotten" in again.stdout
+    assert len(list(journal.history(home))) == records  # nothing written
+    as_json = json.loads(cli("forget", "executor:e-1", "--json", home=home).stdout)
+    assert as_json["event_id"] is None and as_json["already_forgotten"]
+    never = cli("forget", "executor:e-9", home=home)
+    assert never.returncode == 1 and never.stderr.startswith(b"reconcile: error: no cache entry")
+
+
+@pytest.mark.parametrize(
+    ("argv", "meant", "help_of"),
+    [
+        (("stauts",), "status", "reconcile"),
+        (("install-hook",), "install-hooks", "reconcile"),
+        (("db", "upp"), "up", "reconcile db"),
+        (("db", "stauts"), "status", "reconcile db"),
+    ],
+    ids=" ".join,
+)
+def test_a_mistyped_command_gets_the_one_meant(tmp_path, argv, meant, help_of):
+    done = cli(*argv, home=tmp_path / "home")
+    assert done.returncode == 2 and done.stdout == b""
+    message = done.stderr.decode()
+    assert message.count("\n") == 1, message
+    assert f"did you mean {meant!r}?" in message and f"(see: {help_of} --help)" in message
+    assert "choose from" not in message
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "help_of"),
+    [
+        (("show", "--jsno"), "reconcile show"),
+        (("status", "--verbose-ish"), "reconcile status"),
+        (("db", "status", "--nope"), "reconcile db"),
+    ],
+    ids=" ".join,
+)
+def test_an_unknown_option_points_to_its_commands_help(tmp_path, argv, help_of):
+    done = cli(*argv, home=tmp_path / "home")
+    assert done.returncode == 2
+    assert done.stderr.decode().endswith(f"(see: {help_of} --help)\n"), done.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "belongs"),
+    [
+        (("db", "up", "--create-tables"), "db migrate"),
+        (("db", "status", "--show-password"), "db url"),
+        (("db", "url", "--create-tables"), "db migrate"),
+        (("db", "migrate", "--yes"), "db remove"),
+        (("db", "down", "--orphans"), "db remove"),
+    ],
+    ids=" ".join,
+)
+def test_an_option_of_another_db_action_is_refused(tmp_path, argv, belongs):
+    done = cli(*argv, home=tmp_path / "home")
+    assert done.returncode == 2 and done.stdout == b""
+    message = done.stderr.decode()
+    assert message.count("\n") == 1 and f"goes with `{belongs}`" in message, message
+    assert list(tmp_path.iterdir()) == []  # refused before anything was done
+
+
+def test_the_demo_report_counts_hook_runs_as_installed(scratch):
+    done = subprocess.run(
+        [*reconcile_command(), "demo", "--agents", "4", "--forks", "12"],
+        capture_output=True,
+        env=clean_env(TMPDIR=str(scratch)),
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr
+    text = done.stdout.decode()
+    assert "one per tool use" not in text
+    assert "one per prompt or session start" in text
