@@ -67,11 +67,11 @@ class _ClosedPipeGuard:
 def closed_pipe_guard() -> Iterator[None]:
     """Within it, a closed stdout is no error (see :class:`_ClosedPipeGuard`)."""
     original = sys.stdout
-    sys.stdout = _ClosedPipeGuard(original)
+    sys.stdout = guard = _ClosedPipeGuard(original)
     try:
         yield
-        sys.stdout.flush()  # a closed pipe shows here, if not before
     finally:
+        guard.flush()  # a closed pipe shows here if not before, not at the exit
         sys.stdout = original
 
 

@@ -356,7 +356,7 @@ def test_typos_get_a_hint_and_change_nothing(home, db):
     assert b"did you mean session.reconciled?" in typed.stderr
     keyless = cli("replay", "--key", "e-1", home=home)
     assert keyless.returncode == 0 and keyless.stdout == b""
-    assert b"keys look like executor:ID" in keyless.stderr
+    assert b"did you mean 'executor:e-1'?" in keyless.stderr  # the hint show gives
 
 
 def test_the_hook_exits_0_whatever_its_arguments(home, db):
