@@ -262,6 +262,10 @@ def test_the_demo_runs_on_its_own_settings(scratch):
 # -- one way of saying each thing ---------------------------------------------------------------
 
 
+def _words(value: object) -> str:
+    return " ".join(value) if isinstance(value, tuple) else str(value)
+
+
 @pytest.mark.parametrize(
     ("inside", "mode"), [("", 0o770), ("journal", 0o777), ("snapshot", 0o622)], ids=str
 )
@@ -323,7 +327,7 @@ def test_forget_twice_is_harmless(home, db):
         (("db", "upp"), "up", "reconcile db"),
         (("db", "stauts"), "status", "reconcile db"),
     ],
-    ids=" ".join,
+    ids=_words,
 )
 def test_a_mistyped_command_gets_the_one_meant(tmp_path, argv, meant, help_of):
     done = cli(*argv, home=tmp_path / "home")
@@ -342,7 +346,7 @@ def test_a_mistyped_command_gets_the_one_meant(tmp_path, argv, meant, help_of):
         (("status", "--verbose-ish"), "reconcile status"),
         (("db", "status", "--nope"), "reconcile db"),
     ],
-    ids=" ".join,
+    ids=_words,
 )
 def test_an_unknown_option_points_to_its_commands_help(tmp_path, argv, help_of):
     done = cli(*argv, home=tmp_path / "home")
@@ -359,7 +363,7 @@ def test_an_unknown_option_points_to_its_commands_help(tmp_path, argv, help_of):
         (("db", "migrate", "--yes"), "db remove"),
         (("db", "down", "--orphans"), "db remove"),
     ],
-    ids=" ".join,
+    ids=_words,
 )
 def test_an_option_of_another_db_action_is_refused(tmp_path, argv, belongs):
     done = cli(*argv, home=tmp_path / "home")
