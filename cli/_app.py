@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--payload", metavar="JSON", help="the hook's payload (default: stdin)")
     p.add_argument("--session-id", metavar="ID", help="a payload with this session_id")
     p.add_argument("--sync", action="store_true", help="as the hook with --sync")
+    p.add_argument(
+        "--no-db", action="store_true", help="do not ask the database what it would decide"
+    )
     p.add_argument("--json", action="store_true")
 
     p = command("show", _commands.show, "cache entries as the hook sees them")

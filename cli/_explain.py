@@ -3,7 +3,10 @@
 Presentation only: :func:`reconcile.explain` does the work (and writes nothing). The
 payload is the hook's stdin, ``--payload JSON``, or a made-up one with ``--session-id``;
 the environment is this process's, with ``--home`` and ``--sync`` as the hook takes
-them. Exit 0 whatever the verdict: explaining a skip is not a failure.
+them. Unless ``--no-db``, it then asks the database, read-only, what settling this
+session id would decide for the row (:func:`reconcile.preview_settlement`). Exit 0
+whatever the verdict, and whether or not the database answers: explaining a skip or an
+outage is not a failure.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ def run(args: Any, settings: reconcile.Settings) -> int:
         "1", "true", "yes", "on",
     )  # fmt: skip
     found = reconcile.explain(env, raw, sync=sync)
+    preview = None if args.no_db else reconcile.preview_settlement(settings, found)
     if args.json:
-        emit_json({**attrs.asdict(found), "skipped": found.skipped})
+        database = None if preview is None else attrs.asdict(preview)
+        emit_json({**attrs.asdict(found), "skipped": found.skipped, "database": database})
     else:
-        _print(found)
+        _print(found, preview)
     return 0
 
 
@@ -53,7 +58,7 @@ def _payload(args: Any) -> bytes | None:
     return None if len(raw) > reconcile.MAX_PAYLOAD else raw
 
 
-def _print(found: reconcile.Explanation) -> None:
+def _print(found: reconcile.Explanation, preview: reconcile.Preview | None) -> None:
     print("1. payload: " + ("ok" if found.payload == "ok" else f"unusable ({found.payload})"))
     if found.session_id is not None:
         print(f"   session_id: {found.session_id}")
@@ -87,3 +92,13 @@ def _print(found: reconcile.Explanation) -> None:
     print(f"   why: {found.why}")
     print(f"{step + 1}. the hook would do: {found.action}")
     emit_pairs([("   outcome", found.outcome)])
+    if preview is None:
+        return
+    print(f"{step + 2}. the database, asked read-only: {preview.why}")
+    if preview.error is not None:
+        print(f"   error: {preview.error}")
+    elif preview.executor_id is not None:
+        state = f"{preview.executor_state}, session {preview.stored_session_id or 'none'}"
+        print(f"   executor: {preview.executor_id} ({state})")
+    if preview.outcome is not None:
+        emit_pairs([("   decision", preview.outcome)])

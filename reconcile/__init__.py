@@ -42,6 +42,7 @@ __all__ = [
     "MissingSchemaError",
     "Observation",
     "Outcome",
+    "Preview",
     "ReconcileError",
     "ReconcileReport",
     "RejectedError",
@@ -73,6 +74,7 @@ __all__ = [
     "observe",
     "outbox_status",
     "parse_payload",
+    "preview_settlement",
     "ping",
     "reconcile_session",
     "reconciler_running",
@@ -144,6 +146,8 @@ _WHERE = {
     "Settings": ("_settings", "Settings"),
     "Explanation": ("_explain", "Explanation"),
     "explain": ("_explain", "explain"),
+    "Preview": ("_explain", "Preview"),
+    "preview_settlement": ("_explain", "preview_settlement"),
     "redact_url": ("_settings", "redact_url"),
     "configure_logging": ("_log", "configure"),
     "get_logger": ("_log", "get_logger"),
@@ -218,7 +222,7 @@ if TYPE_CHECKING:
         SchemaError,
         ServerError,
     )
-    from reconcile._explain import Explanation, explain
+    from reconcile._explain import Explanation, Preview, explain, preview_settlement
     from reconcile._fast import (
         CONFIRMED,
         DIVERGENCE_PRESERVED,

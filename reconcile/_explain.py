@@ -19,8 +19,10 @@ Invariants:
   the real hook beside it.
 - Every skip reason of the hook (:data:`reconcile._fast.SKIP_REASONS`) has words in
   :data:`REASONS`.
-- It does not ask the database: what the settlement would decide is left to
-  ``reconcile status`` and the reconciler's own log (docs/operations.md).
+- :func:`explain` does not ask the database. :func:`preview_settlement` does, apart and
+  read-only (:func:`reconcile._store.preview`: a ``READ ONLY`` transaction, the
+  settlement's own resolution and decision, no row lock): what settling this session id
+  now would decide for the row.
 """
 
 from __future__ import annotations
@@ -79,6 +81,35 @@ VERDICTS: dict[str, str] = {
     WAITING: "this very session id is observed and not settled yet: nothing new to journal",
     MISS: "the cache does not answer for this session id: it must be observed",
 }
+
+
+# Words for what the settlement would decide (reconcile._store.preview's outcomes).
+DECISIONS: dict[str, str] = {
+    "reconciled": "update the row to this session id, with one audit row session.reconciled",
+    "confirmed": "nothing: the row holds this session id already (journaled as "
+    "session.confirmed, no audit row)",
+    "divergence_preserved": "keep the row: its executor is finished and its session id is "
+    "the recovery anchor (journaled as session.divergence_preserved)",
+    "stale": "write nothing: the agent's current executor began after this session id was "
+    "observed (a respawn), so the id is not its own (journaled as session.rejected)",
+    "no_executor": "write nothing: the database has no executor for this identity "
+    "(journaled as session.unresolved, asked again after the negative TTL)",
+}
+
+
+@attrs.frozen
+class Preview:
+    """What settling the session id now would decide for the row, read from the database
+    without writing (:func:`preview_settlement`), or why the database did not answer."""
+
+    answered: bool
+    why: str
+    outcome: str | None = None  # a DECISIONS key
+    executor_id: str | None = None
+    stored_session_id: str | None = None
+    executor_state: str | None = None
+    audited: bool | None = None  # whether the settlement would write an audit row
+    error: str | None = None
 
 
 @attrs.frozen
@@ -199,6 +230,52 @@ def explain(
         outcome=f"{found}:{done}",
         backoff_until=until if until > now else None,
         reconciler_running=running,
+    )
+
+
+def preview_settlement(
+    settings: Any, found: Explanation, *, now_s: float | None = None
+) -> Preview | None:
+    """What the settlement would decide for ``found``'s row, read-only; None when the hook
+    would not observe anything (a skip, a refused state directory)."""
+    from journal import event_time_us
+    from reconcile._errors import DatabaseUnavailableError
+    from reconcile._store import connect, preview
+
+    if found.identity is None or found.session_id is None or found.home_refusal is not None:
+        return None
+    now = time.time() if now_s is None else now_s
+    observed_us = int(now * 1e6)  # a miss or a hit: the hook would observe it now
+    if found.verdict == WAITING and found.record is not None:  # settled at its own time
+        observed_us = event_time_us(found.record["id"])
+    try:
+        with connect(settings, application="reconcile-explain") as conn:
+            decision = preview(
+                conn,
+                session_id=found.session_id,
+                deadline_s=settings.statement_timeout_s,
+                observed_us=observed_us,
+                **found.identity,
+            )
+    except DatabaseUnavailableError as exc:
+        why = (
+            "the database did not answer, so what it would decide is unknown; the hook "
+            "would leave the observation journaled for a reconciler to retry"
+        )
+        return Preview(answered=False, why=why, error=str(exc))
+    why = DECISIONS[decision.outcome]
+    if decision.outcome == "divergence_preserved" and not decision.audited:
+        why += "; no audit row: this stored/live pair is audited already"
+    elif decision.outcome == "divergence_preserved":
+        why += ", with one audit row"
+    return Preview(
+        answered=True,
+        why=why,
+        outcome=decision.outcome,
+        executor_id=decision.executor_id,
+        stored_session_id=decision.stored_session_id,
+        executor_state=decision.executor_state,
+        audited=decision.audited,
     )
 
 

@@ -281,6 +281,8 @@ def migrate(
             definition = COLUMNS[table][column]
             _add_column(conn, until, table, column, definition)
             applied.append(f"added column {table}.{column}")
+        if create_tables:
+            applied += _started_at(conn, until, found)
         applied += _event_id(conn, until, found)
         applied += _lookup_indexes(conn, until, _inspect(conn), create=create_tables)
         state = schema_state(conn)
@@ -295,6 +297,25 @@ def _missing_tables_message(tables: tuple[str, ...]) -> str:
         "orchestrator's migrations first, then `reconcile db migrate`; or, if this "
         "database is this tool's own, `reconcile db migrate --create-tables`"
     )
+
+
+def _started_at(conn: psycopg.Connection, until: float, found: _Found) -> list[str]:
+    """When each executor began, in tables of this tool's own made before they had it.
+
+    Without it a late settlement falls back on ``updated_at``, which this tool's own
+    settlements move: a session id observed before the previous one's settlement
+    committed (a rotation right after a session start) was then judged stale and never
+    written. Rows already there began at the latest when they were last updated."""
+    if {"started_at", "created_at"} & set(found.columns["executors"]):
+        return []
+    text = (
+        "ALTER TABLE executors ADD COLUMN IF NOT EXISTS started_at timestamptz;"
+        "UPDATE executors SET started_at = updated_at WHERE started_at IS NULL;"
+        "ALTER TABLE executors ALTER COLUMN started_at SET DEFAULT now(),"
+        " ALTER COLUMN started_at SET NOT NULL"
+    )
+    _retrying(until, "adding executors.started_at", lambda: _transaction(conn, text))
+    return ["added column executors.started_at"]
 
 
 def _event_id(conn: psycopg.Connection, until: float, found: _Found) -> list[str]:

@@ -77,17 +77,9 @@ _RESOLVE = """
 # for the same stored/live pair is not audited again, on any host, however often it is
 # revalidated). Within a single statement the NOT EXISTS below would read the snapshot
 # taken before the wait and miss the winner's row.
-RECONCILE_SQL = (
-    """
-SELECT set_config('statement_timeout', %(timeout_ms)s, true),
-       set_config('lock_timeout', %(timeout_ms)s, true);
-SELECT set_config('reconcile.executor_id', e.id, true)
-FROM executors e
-WHERE e.id = """
-    + _RESOLVE
-    + """
-FOR NO KEY UPDATE;
-WITH target AS (
+# The executor row and what to decide for it, shared by the settlement and its read-only
+# preview (:data:`PREVIEW_SQL`).
+_TARGET = """
     SELECT e.id, e.claude_session_id AS stored, e.state,
            COALESCE(a.custom_name, a.id, e.agent_id, %(actor)s) AS actor,
            COALESCE(a.team, %(team)s) AS team,
@@ -99,10 +91,8 @@ WITH target AS (
                     (to_jsonb(e) ->> 'created_at')::timestamptz,
                     e.updated_at) AS began
     FROM executors e
-    LEFT JOIN agents a ON a.id = e.agent_id
-    WHERE e.id = NULLIF(current_setting('reconcile.executor_id', true), '')
-    FOR NO KEY UPDATE OF e
-), decided AS (
+    LEFT JOIN agents a ON a.id = e.agent_id"""
+_DECIDED = """
     SELECT t.*,
            CASE WHEN t.stored IS NOT DISTINCT FROM %(session_id)s THEN 'confirmed'
                 WHEN %(executor_id)s::text IS NULL AND %(observed_us)s::bigint IS NOT NULL
@@ -110,7 +100,34 @@ WITH target AS (
                 WHEN t.state IN ('done', 'error', 'terminated') AND t.stored IS NOT NULL
                     THEN 'divergence_preserved'
                 ELSE 'reconciled' END AS outcome
-    FROM target t
+    FROM target t"""
+# A divergence audited already: the same stored/live pair of the same executor.
+_AUDITED_BEFORE = """
+           SELECT 1 FROM audit_events x
+           WHERE x.entity_type = 'executor' AND x.entity_id = d.id
+             AND x.event_type = 'session.divergence_preserved'
+             AND x.details ->> 'stored_session_id' = d.stored
+             AND x.details ->> 'live_session_id' = %(session_id)s::text"""
+
+RECONCILE_SQL = (
+    """
+SELECT set_config('statement_timeout', %(timeout_ms)s, true),
+       set_config('lock_timeout', %(timeout_ms)s, true);
+SELECT set_config('reconcile.executor_id', e.id, true)
+FROM executors e
+WHERE e.id = """
+    + _RESOLVE
+    + """
+FOR NO KEY UPDATE;
+WITH target AS (
+    """
+    + _TARGET
+    + """
+    WHERE e.id = NULLIF(current_setting('reconcile.executor_id', true), '')
+    FOR NO KEY UPDATE OF e
+), decided AS ("""
+    + _DECIDED
+    + """
 ), updated AS (
     UPDATE executors e SET claude_session_id = %(session_id)s, updated_at = now()
     FROM decided d
@@ -130,17 +147,39 @@ WITH target AS (
            END
     FROM decided d
     WHERE d.outcome = 'reconciled'
-       OR d.outcome = 'divergence_preserved' AND NOT EXISTS (
-           SELECT 1 FROM audit_events x
-           WHERE x.entity_type = 'executor' AND x.entity_id = d.id
-             AND x.event_type = 'session.divergence_preserved'
-             AND x.details ->> 'stored_session_id' = d.stored
-             AND x.details ->> 'live_session_id' = %(session_id)s::text)
+       OR d.outcome = 'divergence_preserved' AND NOT EXISTS ("""
+    + _AUDITED_BEFORE
+    + """)
     ON CONFLICT (event_id) DO NOTHING
     RETURNING id
 )
 SELECT d.outcome, d.id, d.stored, d.state, d.actor, d.team,
        (SELECT count(*) FROM updated), (SELECT count(*) FROM audited)
+FROM decided d
+"""
+)
+
+# What :data:`RECONCILE_SQL` would decide, read-only (``reconcile explain``): the same
+# resolution and decision, no row lock, no write; and whether a divergence would be
+# audited (not if the same pair is audited already).
+PREVIEW_SQL = (
+    """
+SELECT set_config('statement_timeout', %(timeout_ms)s, true);
+WITH target AS ("""
+    + _TARGET
+    + """
+    WHERE e.id = """
+    + _RESOLVE
+    + """
+), decided AS ("""
+    + _DECIDED
+    + """
+)
+SELECT d.outcome, d.id, d.stored, d.state, d.actor, d.team,
+       d.outcome = 'reconciled'
+       OR d.outcome = 'divergence_preserved' AND NOT EXISTS ("""
+    + _AUDITED_BEFORE
+    + """)
 FROM decided d
 """
 )
@@ -333,6 +372,49 @@ def decide(
         return Decision("no_executor")
     outcome, executor, stored, state, actor, team_found, _, audited = row
     return Decision(outcome, executor, stored, state, actor, team_found, audited > 0)
+
+
+def preview(
+    conn: psycopg.Connection,
+    *,
+    session_id: str,
+    executor_id: str | None,
+    agent_id: str | None,
+    agent_name: str | None,
+    team: str | None,
+    deadline_s: float,
+    observed_us: int | None = None,
+) -> Decision:
+    """What :func:`decide` would decide now, read-only: a ``READ ONLY`` transaction, no
+    row lock, nothing written. ``Decision.audited`` says whether the settlement would
+    write an audit row. Raises as :func:`decide` does (but takes no lock to time out)."""
+    params = {
+        "timeout_ms": str(max(1, int(deadline_s * 1000))),
+        "session_id": session_id,
+        "executor_id": executor_id,
+        "agent_id": agent_id,
+        "agent_name": agent_name,
+        "team": team,
+        "actor": agent_name or agent_id,
+        "observed_us": observed_us,
+    }
+    try:
+        with (
+            deadline(deadline_s + CLIENT_MARGIN_S),
+            conn.transaction(),
+            psycopg.ClientCursor(conn) as cur,
+        ):
+            cur.execute("SET TRANSACTION READ ONLY")
+            cur.execute(PREVIEW_SQL, params)
+            while cur.nextset():
+                pass
+            row = cur.fetchone()
+    except psycopg.Error as exc:
+        raise unusable(exc, f"{conn.info.dsn}: {_first_line(exc)}") from None
+    if row is None:
+        return Decision("no_executor")
+    outcome, executor, stored, state, actor, team_found, audited = row
+    return Decision(outcome, executor, stored, state, actor, team_found, bool(audited))
 
 
 def insert_audit_rows(conn: psycopg.Connection, rows: Iterable[tuple[Any, ...]]) -> int:

@@ -80,7 +80,7 @@ def test_demo_reports_no_loss_and_leaves_the_users_state_alone(scratch, tmp_path
         RECONCILE_DATABASE_URL=database_url,
         TMPDIR=str(temporary),
     )
-    assert done.returncode == 0, (done.stdout, done.stderr)  # the report says what was lost
+    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()  # says what was lost
     report = json.loads(done.stdout)
     assert report["forks"] == 60
     assert report["hits"] + report["misses"] == 60

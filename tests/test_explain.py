@@ -16,8 +16,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
-from reconcile_helpers import ROOT, cli, command_line_database, run_hook, wait_settled
+from reconcile_helpers import (
+    ROOT,
+    audit_rows,
+    cli,
+    command_line_database,
+    query,
+    run_hook,
+    seed,
+    session_of,
+    wait_idle,
+    wait_settled,
+)
 
 import journal
 import reconcile
@@ -299,3 +311,86 @@ def test_the_global_home_flag_names_the_state_directory(tmp_path):
     found = json.loads(done.stdout)
     assert (found["home"], found["outcome"]) == (str(other), "miss:backoff")
     assert listing(other) == before and not (tmp_path / "unused").exists()
+
+
+# -- what the database would decide, asked read-only ------------------------------------
+
+
+def test_the_database_says_what_the_settlement_would_decide_and_nothing_changes(
+    tmp_path, database_url
+):
+    url = command_line_database(database_url, tmp_path)
+    home = tmp_path / "home"
+
+    def decided(session: str, **env: str) -> dict[str, Any]:
+        found = explain(home, b"", "--session-id", session, RECONCILE_DATABASE_URL=url, **env)
+        assert found["database"]["answered"] is True, found["database"]
+        return found["database"]
+
+    new = decided("s-new", RECONCILE_EXECUTOR_ID="e-1")
+    assert (new["outcome"], new["executor_id"], new["audited"]) == ("reconciled", "e-1", True)
+    assert (new["stored_session_id"], new["executor_state"]) == ("s-old", "running")
+    assert decided("s-old", RECONCILE_EXECUTOR_ID="e-1")["outcome"] == "confirmed"
+    by_name = decided("s-new", RECONCILE_AGENT_NAME="alice", RECONCILE_TEAM="core")
+    assert (by_name["outcome"], by_name["executor_id"]) == ("reconciled", "e-1")
+    anchor = decided("s-new", RECONCILE_EXECUTOR_ID="e-2")
+    assert (anchor["outcome"], anchor["audited"]) == ("divergence_preserved", True)
+    assert decided("s-new", RECONCILE_EXECUTOR_ID="e-9")["outcome"] == "no_executor"
+    # Read-only: the row, the audit trail and the state directory are as they were.
+    assert session_of(url, "e-1") == "s-old" and audit_rows(url) == []
+
+    text = explain_text(home, b'{"session_id": "s-new"}', RECONCILE_EXECUTOR_ID="e-1",
+                        RECONCILE_DATABASE_URL=url)  # fmt: skip
+    assert "decision: reconciled" in text and "executor: e-1 (running, session s-old)" in text
+
+    # The real hook then does what explain said.
+    run_hook(home, url, {"session_id": "s-new"}, RECONCILE_EXECUTOR_ID="e-1")
+    wait_settled(home)
+    assert session_of(url, "e-1") == "s-new" and len(audit_rows(url)) == 1
+    run_hook(home, url, {"session_id": "s-new"}, RECONCILE_EXECUTOR_ID="e-2")
+    wait_settled(home)
+    found = explain(home, b"", "--session-id", "s-new", RECONCILE_DATABASE_URL=url,
+                    RECONCILE_EXECUTOR_ID="e-2")  # fmt: skip
+    assert found["verdict"] == "hit"
+    assert (found["database"]["outcome"], found["database"]["audited"]) == (
+        "divergence_preserved",
+        False,
+    )
+    assert "audited already" in found["database"]["why"]
+
+
+def test_a_pending_observation_is_judged_at_its_own_time(tmp_path, database_url):
+    """Observed by agent identity while the database was away; the agent respawned since:
+    explain's preview judges the observation's time, as the settlement will (stale)."""
+    url = command_line_database(database_url, tmp_path)
+    home = tmp_path / "home"
+    env = {"GENIE_AGENT_NAME": "alice", "GENIE_TEAM": "core"}
+    run_hook(home, DEAD_URL, {"session_id": "s-1"}, RECONCILE_RETRY_HORIZON="0", **env)
+    wait_idle(home)
+    [observed] = journal.history(home)
+    past = "SELECT now() > to_timestamp(%s / 1e6)"
+    while not query(url, past, (journal.event_time_us(observed.id),))[0][0]:
+        time.sleep(0.01)  # the database's clock is past the observation (one machine)
+    seed(url, [], [("e-3", "a-1", None, "running")])  # the respawn, after the observation
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE agents SET current_executor_id = 'e-3' WHERE id = 'a-1'")
+    found = explain(home, b"", "--session-id", "s-1", RECONCILE_DATABASE_URL=url, **env)
+    assert found["verdict"] == "waiting"
+    assert (found["database"]["outcome"], found["database"]["executor_id"]) == ("stale", "e-3")
+    # A session id seen now is the new executor's own.
+    fresh = explain(home, b"", "--session-id", "s-2", RECONCILE_DATABASE_URL=url, **env)
+    assert (fresh["verdict"], fresh["database"]["outcome"]) == ("miss", "reconciled")
+
+
+def test_a_database_that_does_not_answer_is_said_and_is_no_failure(tmp_path):
+    home = tmp_path / "home"
+    found = explain(home, b"", "--session-id", "s-1", RECONCILE_EXECUTOR_ID="e-1",
+                    RECONCILE_DATABASE_URL=DEAD_URL)  # fmt: skip
+    database = found["database"]
+    assert database["answered"] is False and database["outcome"] is None
+    assert "127.0.0.1" in database["error"] and "did not answer" in database["why"]
+    skipped = explain(home, b"", "--session-id", "s-1", RECONCILE_DATABASE_URL=DEAD_URL)
+    assert skipped["database"] is None  # no identity: nothing to ask
+    quiet = explain(home, b"", "--session-id", "s-1", "--no-db", RECONCILE_EXECUTOR_ID="e-1",
+                    RECONCILE_DATABASE_URL=DEAD_URL)  # fmt: skip
+    assert quiet["database"] is None

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -17,6 +18,7 @@ from reconcile_helpers import audit_rows, query, seed, session_of
 
 import journal
 from reconcile import Settings, migrate, observe, reconcile_session, settle
+from reconcile._store import decide
 
 
 @pytest.fixture
@@ -227,6 +229,55 @@ def test_an_answer_from_the_future_is_trusted_no_longer_than_its_limit(settings)
         assert reconcile_session(settings, nobody, {"session_id": "s"}).kind == "hit"
     with freeze_time("2031-06-01 10:56:00"):
         assert reconcile_session(settings, agent, {"session_id": "s"}).kind == "hit"
+
+
+def test_a_settlement_of_ours_never_makes_the_next_observation_stale(db):
+    """A rotation seen right after a session start: both session ids observed before the
+    first settles. In tables of this tool's own, that settlement moved the only time
+    column (updated_at) past the second observation, which was then judged stale (a
+    respawn) and never written."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        [(observed_us,)] = conn.execute(
+            "SELECT (extract(epoch FROM clock_timestamp()) * 1e6)::bigint"
+        ).fetchall()
+        decisions = [
+            decide(
+                conn,
+                session_id=session,
+                event_id=str(uuid.uuid4()),
+                executor_id=None,
+                agent_id=None,
+                agent_name="alice",
+                team="core",
+                deadline_s=30,
+                observed_us=observed_us,
+            ).outcome
+            for session in ("s-1", "s-2")
+        ]
+    assert decisions == ["reconciled", "reconciled"]
+    assert session_of(db, "e-1") == "s-2"
+
+
+def test_tables_of_our_own_made_before_started_at_gain_it(database_url):
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE executors (id text PRIMARY KEY, agent_id text, "
+            "claude_session_id text, state text NOT NULL DEFAULT 'spawning', "
+            "updated_at timestamptz NOT NULL DEFAULT now())"
+        )
+        conn.execute(
+            "INSERT INTO executors (id, state, updated_at) VALUES ('e-1', 'running', "
+            "'2026-01-02T03:04:05Z')"
+        )
+        assert "added column executors.started_at" in migrate(conn, create_tables=True)
+        assert migrate(conn, create_tables=True) == []  # once
+        conn.execute("INSERT INTO executors (id) VALUES ('e-2')")
+    [(old, new)] = query(
+        database_url,
+        "SELECT min(started_at) = '2026-01-02T03:04:05Z', max(started_at) > now() - "
+        "interval '1 hour' FROM executors",
+    )
+    assert old and new  # a row there began when it was last updated at the latest
 
 
 def test_agent_keyed_entries_revalidate_after_max_age(settings):

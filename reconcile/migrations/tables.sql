@@ -17,7 +17,10 @@ CREATE TABLE IF NOT EXISTS executors (
     state             text NOT NULL DEFAULT 'spawning' CHECK (state IN (
         'spawning', 'running', 'idle', 'working', 'permission', 'question',
         'done', 'error', 'terminated')),
-    updated_at        timestamptz NOT NULL DEFAULT now()
+    updated_at        timestamptz NOT NULL DEFAULT now(),
+    -- When the executor began, as the orchestrator's own column: a late settlement
+    -- compares it with the observation's time (docs/architecture.md, "Late settlement").
+    started_at        timestamptz NOT NULL DEFAULT now()
 );
 
 CREATE TABLE IF NOT EXISTS audit_events (
