@@ -2,9 +2,10 @@
 
 Exit codes (docs/operations.md): 0 ok, 1 verification failed, no such entry, or ``db
 remove`` without ``--yes`` (it lists what it would remove), 2 usage error, 3 environment
-error (database needed and unreachable, unusable state directory, ...), 141 output pipe
-closed by its reader (``reconcile replay | head``: the status a program killed by SIGPIPE
-has, so ``set -o pipefail`` sees what it sees with any Unix tool; nothing is printed).
+error (database needed and unreachable, unusable state directory, ...). An output pipe
+closed by its reader (``reconcile doctor | head -1``) changes nothing of that: the rest
+of the output is dropped quietly and the exit code is the command's own, whatever the
+timing (:func:`cli._output.closed_pipe_guard`).
 Errors, usage errors included, are one line on stderr; ``-v`` adds the traceback and
 human logs on stderr. ``reconcile hook`` exits 0 whatever its arguments: Claude Code
 treats a hook's exit 2 as "block this tool call".
@@ -13,6 +14,7 @@ treats a hook's exit 2 as "block this tool call".
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 import traceback
@@ -24,15 +26,27 @@ import journal
 import reconcile
 from cli import _commands, _db, _demo, _doctor, _explain, _install, _probe, _psql
 from cli._commands import UsageError
+from cli._output import closed_pipe_guard
+from cli._probe import no_home
 
-OK, FAILED, USAGE, ENVIRONMENT, PIPE_CLOSED = 0, 1, 2, 3, 141
+OK, FAILED, USAGE, ENVIRONMENT = 0, 1, 2, 3
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line usage errors (it prints the whole usage by default)."""
+    """argparse with one-line usage errors (it prints the whole usage by default), and a
+    "did you mean" for a mistyped command or choice (``stauts``, ``db upp``)."""
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see: {self.prog} --help)")
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        choices = action.choices
+        if choices is not None and value not in choices:
+            names = [str(choice) for choice in choices]
+            guess = difflib.get_close_matches(str(value), names, n=1, cutoff=0.6)
+            hint = f"did you mean {guess[0]!r}?" if guess else "choose from " + ", ".join(names)
+            raise argparse.ArgumentError(action, f"invalid choice: {value!r}; {hint}")
+        super()._check_value(action, value)
 
 
 def _version() -> str:
@@ -64,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         more: str = "",
     ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=f"{help}. {more}" if more else help)
-        p.set_defaults(handler=handler, needs_home=home)
+        p.set_defaults(handler=handler, needs_home=home, command_parser=p)
         return p
 
     p = command("hook", _commands.hook, "the Claude Code hook: reads the payload on stdin")
@@ -165,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     _install.add_arguments(p)
 
     p = command("demo", _demo.run, "the whole thing on a throwaway embedded PostgreSQL", home=False)
+    p.set_defaults(own_settings=True)  # the user's RECONCILE_* tuning is not the demo's
     p.add_argument("--home", dest="demo_home", help="keep the demo's state here (new or empty)")
     p.add_argument("--agents", type=_positive_int, default=24)
     p.add_argument("--forks", type=_positive_int, default=200)
@@ -204,32 +219,48 @@ def run(argv: list[str]) -> int:
             return int(exc.code or 0)
         if args.command == "hook":  # whatever follows it: the hook always exits 0
             return int(args.handler(args, extra))
-        if extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if extra:  # the command's own help says what it takes
+            args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if args.command == "db":
+            _db.check_options(args)
         args.psql_args = psql_args
         # A malformed RECONCILE_* variable stops a command here, naming it, except the
         # two that diagnose: they run on the defaults and name it (docs/operations.md).
         settings = reconcile.Settings.from_env(
             os.environ,
-            ignore_malformed=getattr(args, "diagnoses", False),
+            ignore_malformed=getattr(args, "diagnoses", False)
+            or getattr(args, "own_settings", False),
             home=args.home,
             database_url=args.database_url,
         )
         if args.needs_home:  # doctor, install-hooks and demo leave the home alone
             _check_home(settings.home)  # first: logging writes under the home
-            reconcile.configure_logging(settings, verbose=args.verbose)
-        code = int(args.handler(args, settings))
-        sys.stdout.flush()  # a closed pipe shows here, not at exit
+            read_only = _read_only(args)
+            reconcile.configure_logging(settings, verbose=args.verbose, create=not read_only)
+        with closed_pipe_guard():  # a reader gone: quiet, the exit code unchanged
+            code = int(args.handler(args, settings))
+        # A read-only command's home that does not exist (status says so itself; an
+        # error says what to do instead)
+        looked = code == OK and args.command != "status" and _read_only(args)
+        if looked and not os.path.lexists(settings.home):
+            sys.stderr.write(f"reconcile: note: {no_home(settings.home)}\n")
         return code
-    except BrokenPipeError:
-        _quiet_stdout()
-        return PIPE_CLOSED
     except (UsageError, reconcile.ConfigError) as exc:
         return _fail(args, exc, USAGE)
     except (reconcile.ReconcileError, journal.JournalError, OSError) as exc:
         return _fail(args, exc, ENVIRONMENT)
     except KeyboardInterrupt:
         return 130
+
+
+def _read_only(args: Any) -> bool:
+    """Whether the command only looks: it then creates nothing, not even the state
+    directory or its log directory (docs/operations.md)."""
+    if args.command == "replay":
+        return not args.to_db
+    if args.command == "db":
+        return args.action in ("status", "url")
+    return args.command in ("status", "show", "verify")
 
 
 def _check_home(home: Path) -> None:
@@ -239,13 +270,6 @@ def _check_home(home: Path) -> None:
     if problem is not None:
         raise journal.UnsafePathError(f"{problem[0]}: {problem[1]}")
     journal.check_home(home)
-
-
-def _quiet_stdout() -> None:
-    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
 
 
 def _fail(args: Any, exc: BaseException, code: int) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import sys
 import time
 from collections.abc import Iterable
@@ -18,7 +19,16 @@ from typing import Any
 import journal
 import reconcile
 from cli import _probe
-from cli._output import age, emit_json, emit_pairs, emit_table, plural, progress, progress_bar
+from cli._output import (
+    age,
+    emit_json,
+    emit_pairs,
+    emit_table,
+    plural,
+    progress,
+    progress_bar,
+    reader_gone,
+)
 from cli._output import size as human_size
 
 KEY_FORMS = "executor:ID, agent:ID or agent-name:TEAM/NAME"
@@ -31,7 +41,6 @@ class UsageError(Exception):
 def hook(args: Any, argv: list[str]) -> int:
     """``reconcile [--home H] [--database-url U] hook [--sync]``: the hook, the global flags
     as its environment, ``argv`` what followed ``hook``."""
-    import os
 
     env = dict(os.environ)
     if args.home:
@@ -101,6 +110,7 @@ def status_data(settings: reconcile.Settings) -> dict[str, Any]:
     ignored = _probe.ignored_settings()
     return {
         "home": str(settings.home),
+        "home_exists": os.path.lexists(settings.home),
         "settings_ignored": ignored,
         "entries": len(state),
         "max_entries": settings.max_entries,
@@ -118,7 +128,12 @@ def status_rows(d: dict[str, Any]) -> list[tuple[str, str | None]]:
     skipped = sum(d["skipped"].values())
     reasons = ", ".join(f"{n} {reason}" for reason, n in d["skipped"].items() if n)
     return [
-        ("state directory", d["home"]),
+        (
+            "state directory",
+            d["home"]
+            if d["home_exists"]
+            else f"{d['home']} (none yet: the first hook or `reconcile db up` creates it)",
+        ),
         *(
             (
                 "setting ignored",
@@ -166,7 +181,7 @@ def show(args: Any, settings: reconcile.Settings) -> int:
     if args.key and args.key not in state:
         if args.json:
             emit_json(None)
-        print(f"reconcile: {_no_entry(args.key, state)}", file=sys.stderr)
+        print(f"reconcile: error: {_no_entry(args.key, state)}", file=sys.stderr)
         return 1
     keys = [args.key] if args.key else sorted(state)
     rows = [_entry(state[key]) for key in keys]
@@ -207,7 +222,7 @@ def _entry(record: journal.Record) -> dict[str, Any]:
     }
 
 
-def _no_entry(key: str, keys: Iterable[str]) -> str:
+def _no_entry(key: str, keys: Iterable[str], missing: str = "no cache entry") -> str:
     """'no cache entry for KEY', with the key probably meant: the same id under its
     prefix (``e-1`` -> ``executor:e-1``), or a close spelling of the id."""
     prefix, _, ident = key.rpartition(":")
@@ -223,21 +238,28 @@ def _no_entry(key: str, keys: Iterable[str]) -> str:
         )
         guess = same[0] if same else None
     if guess:
-        return f"no cache entry for {key!r}; did you mean {guess!r}?"
+        return f"{missing} for {key!r}; did you mean {guess!r}?"
     if not prefix:
-        return f"no cache entry for {key!r}; keys look like {KEY_FORMS} (see: reconcile show)"
-    return f"no cache entry for {key!r} (see: reconcile show)"
+        return f"{missing} for {key!r}; keys look like {KEY_FORMS} (see: reconcile show)"
+    return f"{missing} for {key!r} (see: reconcile show)"
 
 
 def forget(args: Any, settings: reconcile.Settings) -> int:
     state = journal.load(settings.home)
     if args.key not in state:
-        print(f"reconcile: {_no_entry(args.key, state)}; nothing forgotten", file=sys.stderr)
+        when = _forgotten_at(settings, args.key)
+        if when is not None:  # idempotent: what is asked is already so
+            if args.json:
+                emit_json({"key": args.key, "event_id": None, "already_forgotten": when})
+            else:
+                print(f"{args.key} was already forgotten (at {when}); nothing to do")
+            return 0
+        print(f"reconcile: error: {_no_entry(args.key, state)}; nothing forgotten", file=sys.stderr)
         return 1
     latest = state[args.key]
     if latest.type in reconcile.UNSETTLED:  # only the journal knows it: never discard it
         print(
-            f"reconcile: {args.key}'s latest record is an observation the database has not "
+            f"reconcile: error: {args.key}'s latest record is an observation the database has not "
             f"settled yet (session {(latest.data or {}).get('session_id')!r}, {latest.ts}); "
             "forgetting it would discard it. Settle it first: `reconcile replay --to-db` "
             "(or wait for the reconciler: `reconcile status` shows what is pending), then "
@@ -248,10 +270,18 @@ def forget(args: Any, settings: reconcile.Settings) -> int:
     with journal.Writer(settings.home, fsync=settings.fsync) as writer:
         event_id = writer.forget(args.key, type=reconcile.FORGOTTEN)
     if args.json:
-        emit_json({"key": args.key, "event_id": event_id})
+        emit_json({"key": args.key, "event_id": event_id, "already_forgotten": None})
     else:
         print(f"forgot {args.key} (event {event_id}): its next hook asks the database")
     return 0
+
+
+def _forgotten_at(settings: reconcile.Settings, key: str) -> str | None:
+    """When ``key`` was forgotten, if a tombstone is its latest event in the history."""
+    last = None
+    for record in reconcile.events(settings, key=key):
+        last = record
+    return last.ts if last is not None and last.type == reconcile.FORGOTTEN else None
 
 
 def replay(args: Any, settings: reconcile.Settings) -> int:
@@ -281,11 +311,11 @@ def replay(args: Any, settings: reconcile.Settings) -> int:
         }
         out.write(json.dumps(line, separators=(",", ":"), default=dict) + "\n")
         count += 1
-    if count == 0 and args.key and ":" not in args.key:
-        print(
-            f"reconcile: no events for key {args.key!r}; keys look like {KEY_FORMS}",
-            file=sys.stderr,
-        )
+        if reader_gone():  # `replay | head`: the rest would go nowhere
+            return 0
+    if count == 0 and args.key:  # a filter: no event is an answer (exit 0), with a hint
+        hint = _no_entry(args.key, journal.load(settings.home), missing="no events")
+        print(f"reconcile: note: {hint}", file=sys.stderr)
     return 0
 
 
@@ -308,7 +338,10 @@ def _replay_to_db(args: Any, settings: reconcile.Settings) -> int:
     emit_pairs(
         [
             ("applied", f"{report.pending} pending" + (f" ({settled})" if settled else "")),
-            ("superseded", f"{report.superseded} pending (a later event made them moot)"),
+            (
+                "superseded",
+                f"{report.superseded} waiting (a later observation of their key replaced them)",
+            ),
             ("audit rows", f"{report.audit_rows_inserted} missing ones inserted"),
         ]
     )

@@ -30,10 +30,29 @@ from cli._output import emit_json, emit_pairs
 LISTED = 1  # `db remove` without --yes: listed, nothing removed
 
 
+# The options of one action only (--json goes with all).
+OPTIONS = {
+    "create_tables": "migrate",
+    "show_password": "url",
+    "orphans": "remove",
+    "yes": "remove",
+}
+
+
+def check_options(args: Any) -> None:
+    """Refuse an option given to an action it does not apply to (``db up
+    --create-tables``): accepted silently, it would seem to have done something."""
+    for option, action in OPTIONS.items():
+        if getattr(args, option) and args.action != action:
+            flag = "--" + option.replace("_", "-")
+            raise UsageError(
+                f"{flag} goes with `db {action}`, not `db {args.action}` (see: reconcile db --help)"
+            )
+
+
 def db(args: Any, settings: reconcile.Settings) -> int:
     embedded = not settings.database_url
-    if args.action != "remove" and (args.orphans or args.yes):
-        raise UsageError("--orphans and --yes go with `db remove`")
+    check_options(args)
     this_server = args.action in ("up", "down") or (args.action == "remove" and not args.orphans)
     if this_server and not embedded:
         raise reconcile.ConfigError(

@@ -22,11 +22,13 @@ import json
 import os
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,10 @@ PARALLEL_RATE = 0.05  # share of tool calls made twice at once
 SETTLE_DEADLINE_S = 120.0  # generous: a loaded machine may take its time
 # Identity variables a hook reads: the demo sets its own per fork.
 _IDENTITY = ("RECONCILE_EXECUTOR", "RECONCILE_AGENT", "RECONCILE_TEAM", "GENIE_")
+# The user's RECONCILE_* settings the demo honours: how long to wait for a database,
+# which changes how long it may take on a slow machine, never what it shows.
+HONOURED = ("RECONCILE_CONNECT_TIMEOUT", "RECONCILE_STATEMENT_TIMEOUT")
+RETRY_HORIZON_S = 120  # its reconcilers' (the default is a day)
 
 
 @attrs.frozen
@@ -55,18 +61,81 @@ class Fork:
     payload: bytes
 
 
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: unwind, cleaning up as for Ctrl-C, then exit 128+N."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Signals:
+    """SIGTERM and SIGHUP handled as Ctrl-C is (the clean-up runs), but never in the
+    middle of the clean-up itself: one arriving then is acted on after it."""
+
+    def __init__(self) -> None:
+        self.caught: int | None = None
+        self.cleaning = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.caught is None:
+            self.caught = signum
+            if not self.cleaning:
+                raise _Terminated(signum)
+
+
 def run(args: Any, settings: reconcile.Settings) -> int:
-    home, keep = _home(args.demo_home or args.home)
+    """The demo; a SIGTERM or SIGHUP (a `timeout`, a cancelled CI job, a closed
+    terminal) cleans up as Ctrl-C does, and exits 128 + the signal's number."""
+    signals = _Signals()
+    previous = {sig: signal.signal(sig, signals) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        home, keep = _home(args.demo_home or args.home)
+        try:
+            code = _demo(args, settings, home, keep, signals)
+        except BaseException:
+            if not keep:  # before the server started: nothing else to remove
+                shutil.rmtree(home, ignore_errors=True)
+            raise
+    except _Terminated:
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if signals.caught is not None:
+        print(f"reconcile: demo stopped by signal {signals.caught}; cleaned up", file=sys.stderr)
+        return 128 + signals.caught
+    return code
+
+
+def demo_env(environ: Mapping[str, str], home: Path) -> dict[str, str]:
+    """The environment of the demo and its hooks: the user's, without any identity
+    variable and without any ``RECONCILE_*`` setting but the database timeouts (the
+    demo runs on its own defaults: a user's ``RECONCILE_MAX_ENTRIES=3`` would evict what
+    it checks), and with a retry horizon of its own: its reconcilers give up within
+    minutes once its server is gone (it is removed at the end, or on a signal)."""
+    env = {
+        name: value
+        for name, value in environ.items()
+        if not name.startswith(_IDENTITY)
+        and (not name.startswith("RECONCILE_") or name in HONOURED)
+    }
+    env["RECONCILE_HOME"] = str(home)
+    env["RECONCILE_RETRY_HORIZON"] = str(RETRY_HORIZON_S)
+    return env
+
+
+def _demo(
+    args: Any, settings: reconcile.Settings, home: Path, keep: bool, signals: _Signals
+) -> int:
     say = _narrator(args.json)
     if settings.database_url:
         say("RECONCILE_DATABASE_URL is left alone: the demo uses a database of its own")
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(_IDENTITY)
-        and name not in ("RECONCILE_HOME", "RECONCILE_DATABASE_URL")
-    }
-    env["RECONCILE_HOME"] = str(home)
+    ignored = sorted(n for n in os.environ if n.startswith("RECONCILE_") and n not in HONOURED)
+    tuning = [n for n in ignored if n not in ("RECONCILE_HOME", "RECONCILE_DATABASE_URL")]
+    if tuning:
+        say(f"{', '.join(tuning)} left alone: the demo runs on its own defaults")
+    env = demo_env(os.environ, home)
     demo = reconcile.Settings.from_env(env)
     reconcile.configure_logging(demo, verbose=args.verbose)
     try:
@@ -90,6 +159,7 @@ def run(args: Any, settings: reconcile.Settings) -> int:
         )
         report = _report(demo, agents, live, runs, statements, connections)
     finally:
+        signals.cleaning = True  # a signal now waits for the clean-up's end
         if keep:
             reconcile.server_down(home)
         else:  # under root the server's data lives outside home: remove deletes both
@@ -100,6 +170,7 @@ def run(args: Any, settings: reconcile.Settings) -> int:
         concurrency=args.concurrency,
         replayed=replayed,
         home=str(home) if keep else None,
+        max_entries=demo.max_entries,
     )
     if args.json:
         emit_json(report)
@@ -200,11 +271,11 @@ def _fork(i: int, session_id: str, env: dict[str, str], rng: random.Random) -> F
         "session_id": session_id,
         "transcript_path": f"/home/dev/.claude/projects/demo/{session_id}.jsonl",
         "cwd": f"/work/agent-{i:03d}",
-        "hook_event_name": rng.choice(["PreToolUse", "PreToolUse", "UserPromptSubmit"]),
+        # the events the default install runs on: a prompt, now and then a session start
+        "hook_event_name": rng.choice(["UserPromptSubmit", "UserPromptSubmit", "SessionStart"]),
     }
-    if payload["hook_event_name"] == "PreToolUse":
-        payload["tool_name"] = rng.choice(["Bash", "Read", "Edit", "Grep"])
-        payload["tool_input"] = {"command": "pytest -q"} if payload["tool_name"] == "Bash" else {}
+    if payload["hook_event_name"] == "SessionStart":
+        payload["source"] = rng.choice(["startup", "resume", "compact"])
     else:
         payload["prompt"] = "continue with the next step"
     mode = i % 3  # how the orchestrator names the agent: three ways seen in the wild
@@ -350,7 +421,8 @@ def _print(r: dict[str, Any]) -> None:
                 (
                     "hook runs",
                     r["forks"],
-                    f"`reconcile hook` processes, one per tool use, {r['concurrency']} at a time",
+                    f"`reconcile hook` processes, one per prompt or session start (as "
+                    f"installed), {r['concurrency']} at a time",
                 ),
                 ("session changes", r["rotations"], "resumes or compactions: a new session id"),
             ],

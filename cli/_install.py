@@ -36,7 +36,10 @@ Careful with a file the user owns: every other key and every foreign hook is kep
 backup is written as a new file (never through a link, never over an earlier backup), and
 the new file replaces the old atomically with the old mode; a ``settings.json`` that is a
 link is written through, to the file it names. A file that is not valid JSON is left
-untouched and reported; a missing file stays missing on ``--uninstall``.
+untouched and reported; a missing file stays missing on ``--uninstall``. What holds
+nothing (a missing file, blank, ``{}``) gets no backup, and an ``--uninstall`` that would
+leave ``{}`` removes the file (not a link): an install then an uninstall leave things
+as they were.
 """
 
 from __future__ import annotations
@@ -112,8 +115,13 @@ def run(args: Any, settings: Settings) -> int:
         sys.stdout.write(text)
     elif updated == current and path.exists():
         print(f"{path}: already {'without' if args.uninstall else 'with'} the hook")
+    elif args.uninstall and not updated and not path.is_symlink():
+        # Nothing but our entries was in it (install-hooks made it, most likely): it goes,
+        # as it was before the install, and nothing of the user's needs a backup.
+        path.unlink()
+        print(f"{path}: {removed} hook entries removed; nothing else was in it: file removed")
     else:
-        backup = _write(path, text)
+        backup = _write(path, text, keep=bool(current))
         print(f"{path}: " + (f"{removed} hook entries removed" if plan is None else "installed"))
         if backup is not None:
             print(f"  what was there before: {backup}")
@@ -356,8 +364,9 @@ def _read(path: Path) -> dict[str, Any]:
     return data
 
 
-def _write(path: Path, text: str) -> Path | None:
-    """Replace the settings at ``path`` by ``text``; return the backup made, if one was.
+def _write(path: Path, text: str, *, keep: bool = True) -> Path | None:
+    """Replace the settings at ``path`` by ``text``; return the backup made, if one was
+    (``keep=False``: the file holds nothing, ``{}`` or blank, so none is made).
 
     A ``path`` that is a link (into a dotfiles repository, say) is written through: the
     file it names is replaced, atomically in its own directory and with its mode, and the
@@ -366,7 +375,7 @@ def _write(path: Path, text: str) -> Path | None:
     """
     target = Path(os.path.realpath(path)) if path.is_symlink() else path
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    backup = _backup(target, path.parent) if target.exists() else None
+    backup = _backup(target, path.parent) if keep and target.exists() else None
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as stream:

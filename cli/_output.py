@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -17,6 +18,66 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+class _ClosedPipeGuard:
+    """``sys.stdout``, but a reader that went away (``reconcile doctor | head -1``) ends
+    the output quietly instead of raising: later writes go to /dev/null, and the command
+    finishes with the exit code it would have had. Whether a write meets the closed pipe
+    depends on timing (the whole output may fit in the pipe before the reader leaves),
+    so an exit code of its own for it (141) would be a coin toss, and would mask a
+    failure (``doctor``'s 3) half the time."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.reader_gone = False
+
+    def write(self, text: str) -> int:
+        if not self.reader_gone:
+            try:
+                return int(self._stream.write(text))
+            except BrokenPipeError:
+                self._gone()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.reader_gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._gone()
+
+    def _gone(self) -> None:
+        """Point stdout at /dev/null, so that nothing (the interpreter's final flush of
+        what is still buffered, included) can fail on it again."""
+        self.reader_gone = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self._stream.fileno())
+        finally:
+            os.close(devnull)
+        with contextlib.suppress(BrokenPipeError):
+            self._stream.flush()  # what was buffered, now into /dev/null
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def closed_pipe_guard() -> Iterator[None]:
+    """Within it, a closed stdout is no error (see :class:`_ClosedPipeGuard`)."""
+    original = sys.stdout
+    sys.stdout = guard = _ClosedPipeGuard(original)
+    try:
+        yield
+    finally:
+        guard.flush()  # a closed pipe shows here if not before, not at the exit
+        sys.stdout = original
+
+
+def reader_gone() -> bool:
+    """Whether the reader of stdout went away: a streaming command may stop early."""
+    return bool(getattr(sys.stdout, "reader_gone", False))
 
 
 def emit_json(value: Any) -> None:

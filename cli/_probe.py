@@ -12,6 +12,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import journal
 import reconcile
 
 
@@ -31,12 +32,17 @@ def home_problem(home: Path) -> tuple[str, str] | None:
         return f"{home} exists and is not a directory", f"move it away, or {elsewhere}"
     if st.st_uid != os.geteuid():
         return f"{home} belongs to another user (uid {st.st_uid})", elsewhere
-    mode = st.st_mode & 0o777
-    if mode & 0o022:
-        return f"{home} is writable by group or others (mode {mode:o})", f"chmod 700 {home}"
+    mode = journal.mode_text(st.st_mode)
+    if st.st_mode & 0o022:
+        return f"{home} is writable by group or others (mode {mode})", journal.writable_fix(home)
     if not os.access(home, os.R_OK | os.W_OK | os.X_OK):
-        return f"{home} is not readable and writable (mode {mode:o})", f"chmod 700 {home}"
+        return f"{home} is not readable and writable (mode {mode})", f"chmod 700 {home}"
     return None
+
+
+def no_home(home: Path) -> str:
+    """What a read-only command says of a state directory that does not exist."""
+    return f"no state directory at {home} yet; the first hook or `reconcile db up` creates it"
 
 
 def ignored_settings() -> list[dict[str, Any]]:

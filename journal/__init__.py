@@ -46,10 +46,12 @@ __all__ = [
     "load",
     "lock_marked",
     "mark_lock",
+    "mode_text",
     "new_event_id",
     "parse_json",
     "path_refusal",
     "release_lock",
+    "writable_fix",
     "write_atomically",
 ]
 
@@ -70,6 +72,8 @@ _WHERE = {
     "UntrustedPathError": "_trust",
     "check_home": "_trust",
     "home_refusal": "_hit",
+    "mode_text": "_hit",
+    "writable_fix": "_hit",
     "path_refusal": "_hit",
     "Writer": "_writer",
     "event_id_next_to": "_codec",
@@ -120,7 +124,16 @@ if TYPE_CHECKING:
         UnsafePathError,
     )
     from journal._fold import fold
-    from journal._hit import LOG_DIR, event_time_us, home_refusal, latest, parse_json, path_refusal
+    from journal._hit import (
+        LOG_DIR,
+        event_time_us,
+        home_refusal,
+        latest,
+        mode_text,
+        parse_json,
+        path_refusal,
+        writable_fix,
+    )
     from journal._inventory import Inventory, inventory
     from journal._json import dump_json
     from journal._layout import FILE_MODE, ensure_dir, ensure_home, write_atomically

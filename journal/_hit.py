@@ -64,11 +64,20 @@ def refusal(path: "StrPath", st: "os.stat_result") -> str | None:
             "RECONCILE_HOME to a directory of your own"
         )
     if st.st_mode & (S_IWGRP | S_IWOTH):
-        return (
-            f"{path} is writable by group or others (mode {S_IMODE(st.st_mode):04o}): "
-            f"check what it holds, then chmod go-w {path}"
+        return f"{path} is writable by group or others (mode {mode_text(st.st_mode)}): " + (
+            writable_fix(path)
         )
     return None
+
+
+def mode_text(mode: int) -> str:
+    """A file mode as every message prints it: four octal digits, ``0770``."""
+    return f"{S_IMODE(mode):04o}"
+
+
+def writable_fix(path: "StrPath") -> str:
+    """What every message says to do about ``path`` writable by group or others."""
+    return f"check what it holds, then chmod go-w {path}"
 
 
 def path_refusal(path: "StrPath") -> str | None:

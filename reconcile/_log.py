@@ -99,10 +99,18 @@ def _redact(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     return event
 
 
-def configure(settings: Settings, *, verbose: bool = False) -> None:
-    """Send ``reconcile`` logs to ``home/log/reconcile.log`` (and stderr when verbose)."""
+def configure(settings: Settings, *, verbose: bool = False, create: bool = True) -> None:
+    """Send ``reconcile`` logs to ``home/log/reconcile.log`` (and stderr when verbose).
+
+    ``create=False`` (the read-only commands): a log directory that does not exist yet is
+    not created, and the logs go nowhere (stderr still, when verbose)."""
     try:
-        path = ensure_dir(settings.home / LOG_DIR) / LOG_NAME
+        if create:
+            path = ensure_dir(settings.home / LOG_DIR) / LOG_NAME
+        elif (settings.home / LOG_DIR).is_dir():
+            path = settings.home / LOG_DIR / LOG_NAME
+        else:
+            path = Path(os.devnull)
     except Exception:  # an unusable home: logs go nowhere rather than break the hook
         path = Path(os.devnull)
     sink = _BoundedFile(path, settings.log_max_bytes)

@@ -62,7 +62,9 @@ class ReplayReport:
     """What ``replay --to-db`` did."""
 
     pending: int  # observations still to settle when it began (the latest of their key)
-    superseded: int  # observations a later event for the same key made moot
+    # waiting observations a later one of the same key replaced (only the latest is
+    # settled); settled history is not counted, so with nothing waiting both are 0
+    superseded: int
     outcomes: dict[str, int]  # how the pending ones were settled
     audit_rows_inserted: int
 
@@ -80,18 +82,24 @@ def replay_to_db(
     for a running one, whatever the backoff), so a second replay finds nothing to do.
     Raises :class:`DatabaseUnavailableError` when the database cannot be used.
     """
-    observed = 0
+    waiting: dict[str, int] = {}  # key -> observations since its latest other event
     inserted = 0
     batch: list[tuple[Any, ...]] = []
     with connect(settings, application="reconcile-replay") as conn:
         for record in journal.history(settings.home):
-            observed += record.type in UNSETTLED
+            if record.type in UNSETTLED:
+                waiting[record.key] = waiting.get(record.key, 0) + 1
+            else:  # settled (or forgotten): history, neither pending nor superseded
+                waiting.pop(record.key, None)
             if record.type in AUDITED_TYPES and record.data and audited(record.data):
                 batch.append(_audit_row(record))
                 if len(batch) >= _BATCH:
                     inserted += insert_audit_rows(conn, batch)
                     batch.clear()
         inserted += insert_audit_rows(conn, batch)
+    # Of a key's observations still waiting, the latest is settled; the earlier ones are
+    # moot (superseded), and settled with it.
+    superseded = sum(count - 1 for count in waiting.values())
     pending = len(unsettled(str(settings.home)))
     report = settle_pending(
         settings,
@@ -105,7 +113,7 @@ def replay_to_db(
         raise DatabaseUnavailableError(
             "another reconciler kept reconcile.lock for a minute; try again"
         )
-    result = ReplayReport(pending, observed - pending, dict(report.outcomes), inserted)
+    result = ReplayReport(pending, superseded, dict(report.outcomes), inserted)
     get_logger().info("replay.done", **result.to_dict())
     return result
 

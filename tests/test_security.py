@@ -546,8 +546,8 @@ def test_commands_refuse_what_others_can_write_or_own(users, private_dir):
     for path, mode in ((home, 0o770), (home / "journal", 0o777), (home / "snapshot", 0o622)):
         original = path.stat().st_mode
         os.chmod(path, mode)
-        fix = f"chmod 700 {path}" if path == home else f"chmod go-w {path}"
-        refused_because(path, "writable by group or others", fix)
+        fix = f"check what it holds, then chmod go-w {path}"  # one wording, one mode format
+        refused_because(path, "writable by group or others", f"(mode {mode:04o})", fix)
         os.chmod(path, original)
         assert reconcile_cli(home, "status").returncode == 0
 
