@@ -96,7 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("key")
     p.add_argument("--json", action="store_true")
 
-    p = command("replay", _commands.replay, "the event history as JSON Lines")
+    p = command("replay", _commands.replay, "the event history, from a cursor, followed")
+    p.add_argument("-f", "--follow", action="store_true", help="then new records as written")
+    p.add_argument("--cursor", metavar="C", help="start at the record of cursor C (inclusive)")
+    p.add_argument("--after-cursor", metavar="C", help="start after the record of cursor C")
+    p.add_argument(
+        "--cursor-file", metavar="FILE", help="start after the cursor in FILE; keep it there"
+    )
+    p.add_argument("--show-cursor", action="store_true", help="print the cursor at the end")
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=("json", "json-seq", "short"),
+        help="json (JSON Lines, default when piped), json-seq (RFC 7464), short (a terminal's)",
+    )
     p.add_argument("--since", type=_time, help="ISO-8601 or an age (15m, 2h, 7d)")
     p.add_argument("--until", type=_time, help="ISO-8601 or an age")
     p.add_argument("--key")

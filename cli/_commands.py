@@ -9,7 +9,6 @@ in docs/operations.md.
 from __future__ import annotations
 
 import difflib
-import json
 import sys
 import time
 from collections.abc import Iterable
@@ -18,7 +17,7 @@ from typing import Any
 import journal
 import reconcile
 from cli import _probe
-from cli._output import age, emit_json, emit_pairs, emit_table, plural, progress, progress_bar
+from cli._output import age, emit_json, emit_pairs, emit_table, plural, progress_bar
 from cli._output import size as human_size
 
 KEY_FORMS = "executor:ID, agent:ID or agent-name:TEAM/NAME"
@@ -259,34 +258,13 @@ def replay(args: Any, settings: reconcile.Settings) -> int:
         if name not in reconcile.EVENT_TYPES:
             raise UsageError(_unknown_type(name))
     if args.to_db:
+        following = (args.follow, args.cursor, args.after_cursor, args.cursor_file)
+        if any(x not in (None, False) for x in following):
+            raise UsageError("--to-db applies the whole history: no --follow or cursor options")
         return _replay_to_db(args, settings)
-    records = reconcile.events(
-        settings,
-        since=args.since,
-        until=args.until,
-        key=args.key,
-        executor=args.executor,
-        types=tuple(args.type),
-    )
-    out = sys.stdout
-    count = 0
-    for record in progress(records, desc="replay"):
-        line = {
-            "id": record.id,
-            "ts": record.ts,
-            "type": record.type,
-            "key": record.key,
-            "pid": record.pid,
-            "data": record.data,
-        }
-        out.write(json.dumps(line, separators=(",", ":"), default=dict) + "\n")
-        count += 1
-    if count == 0 and args.key and ":" not in args.key:
-        print(
-            f"reconcile: no events for key {args.key!r}; keys look like {KEY_FORMS}",
-            file=sys.stderr,
-        )
-    return 0
+    from cli import _replay
+
+    return _replay.run(args, settings)
 
 
 def _unknown_type(name: str) -> str:

@@ -71,7 +71,10 @@ def parse_time(text: str, *, now: float | None = None) -> str:
     text = text.strip()
     unit = _UNITS.get(text[-1:].lower())
     if unit is not None and text[:-1].replace(".", "", 1).isdigit():
-        moment = datetime.fromtimestamp((now or time.time()) - float(text[:-1]) * unit, UTC)
+        try:
+            moment = datetime.fromtimestamp((now or time.time()) - float(text[:-1]) * unit, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise ValueError(f"invalid time {text!r}: too far back") from None
     else:
         try:
             moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -81,7 +84,11 @@ def parse_time(text: str, *, now: float | None = None) -> str:
             ) from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"invalid time {text!r}: out of the range of dates") from None
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def progress(items: Iterable[T], *, total: int | None = None, desc: str = "") -> Iterator[T]:

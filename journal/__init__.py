@@ -18,7 +18,11 @@ __all__ = [
     "LOG_DIR",
     "CompactionIncompleteError",
     "CompactionReport",
+    "Cursor",
+    "CursorError",
+    "CursorPrunedError",
     "History",
+    "HistoryReader",
     "InvalidRecordError",
     "Inventory",
     "JournalError",
@@ -56,6 +60,10 @@ __all__ = [
 _WHERE = {
     "CompactionIncompleteError": "_errors",
     "CompactionReport": "_model",
+    "Cursor": "_follow",
+    "CursorError": "_errors",
+    "CursorPrunedError": "_errors",
+    "HistoryReader": "_follow",
     "History": "_read",
     "Record": "_model",
     "Skips": "_model",
@@ -113,6 +121,8 @@ if TYPE_CHECKING:
     from journal._compact import Retention, compact
     from journal._errors import (
         CompactionIncompleteError,
+        CursorError,
+        CursorPrunedError,
         InvalidRecordError,
         JournalError,
         RecordTooLargeError,
@@ -120,6 +130,7 @@ if TYPE_CHECKING:
         UnsafePathError,
     )
     from journal._fold import fold
+    from journal._follow import Cursor, HistoryReader
     from journal._hit import LOG_DIR, event_time_us, home_refusal, latest, parse_json, path_refusal
     from journal._inventory import Inventory, inventory
     from journal._json import dump_json

@@ -1,0 +1,160 @@
+"""``reconcile replay``: the history, from a cursor, followed (docs/operations.md).
+
+Every record printed carries its cursor (the position just after it); ``--cursor-file``
+keeps the position of the last record printed across runs: written at the end, on
+SIGINT/SIGTERM, on a closed pipe (the last record the pipe took), and every
+:data:`SAVE_EVERY_S` seconds while following. How cursors stay exact is in
+docs/architecture.md ("Replay cursors").
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import journal
+import reconcile
+from cli._commands import UsageError
+
+SAVE_EVERY_S = 2.0  # while following: how often the cursor file is written (at most)
+RS = "\x1e"  # RFC 7464 record separator
+FORMATS = ("json", "json-seq", "short")
+
+
+def run(args: Any, settings: reconcile.Settings) -> int:
+    if args.follow and args.until:
+        raise UsageError("--follow and --until cannot be used together: a follow never ends")
+    starts = [x for x in (args.cursor, args.after_cursor, args.cursor_file) if x is not None]
+    if len(starts) > 1:
+        raise UsageError("use one of --cursor, --after-cursor and --cursor-file")
+    start = _start(args)
+    output = args.output or ("short" if sys.stdout.isatty() else "json")
+    matches = reconcile.event_matcher(
+        since=args.since, key=args.key, executor=args.executor, types=tuple(args.type)
+    )
+    reader = journal.HistoryReader(settings.home, start, until=args.until)
+    stopped: list[int] = []
+
+    def on_signal(signo: int, frame: FrameType | None) -> None:
+        stopped.append(signo)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    out = sys.stdout
+    saver = _Saver(args.cursor_file, reader)
+    printed = 0
+    try:
+        records = (
+            reader.follow(lambda: bool(stopped), idle=saver.flush_and_save)
+            if args.follow
+            else reader.read(lambda: bool(stopped))
+        )
+        for raw in records:
+            if matches(raw):
+                out.write(_format(raw, reader.cursor().text(), output))
+                printed += 1
+            saver.tick()
+        saver.flush_and_save()
+    except BrokenPipeError:
+        saver.save_flushed()  # what the reader took, no more
+        raise
+    finally:
+        for signo, handler in previous.items():
+            signal.signal(signo, handler)
+    if args.show_cursor:
+        stream = out if output == "short" else sys.stderr
+        stream.write(f"-- cursor: {reader.cursor().text()}\n")
+    for error in reader.errors:
+        print(f"reconcile: could not read {error}; its records are missing", file=sys.stderr)
+    if printed == 0 and args.key and ":" not in args.key:
+        print(
+            f"reconcile: no events for key {args.key!r}; keys look like "
+            "executor:ID, agent:ID or agent-name:TEAM/NAME",
+            file=sys.stderr,
+        )
+    if stopped and not args.follow:
+        return 128 + stopped[0]  # interrupted: what was printed is not the whole history
+    return 0
+
+
+def _start(args: Any) -> journal.Cursor | None:
+    try:
+        if args.cursor is not None:
+            return journal.Cursor.parse(args.cursor).inclusive()
+        if args.after_cursor is not None:
+            return journal.Cursor.parse(args.after_cursor)
+        if args.cursor_file is not None:
+            try:
+                text = Path(args.cursor_file).read_text(encoding="ascii", errors="replace")
+            except FileNotFoundError:
+                return None
+            return journal.Cursor.parse(text) if text.strip() else None
+    except journal.CursorError as exc:
+        raise UsageError(str(exc)) from None
+    return None
+
+
+class _Saver:
+    """Writes the cursor file: the position of what stdout has taken for sure."""
+
+    def __init__(self, path: str | None, reader: journal.HistoryReader) -> None:
+        self.path = Path(path) if path else None
+        self.reader = reader
+        self.flushed: str | None = None  # the cursor at the last successful flush
+        self.saved: str | None = None
+        self.last = time.monotonic()
+
+    def tick(self) -> None:
+        if time.monotonic() - self.last >= SAVE_EVERY_S:
+            self.flush_and_save()
+
+    def flush_and_save(self) -> None:
+        sys.stdout.flush()
+        self.flushed = self.reader.cursor().text()
+        self.last = time.monotonic()
+        self._write(self.flushed)
+
+    def save_flushed(self) -> None:
+        if self.flushed is not None:
+            self._write(self.flushed)
+
+    def _write(self, text: str) -> None:
+        if self.path is None or text == self.saved:
+            return
+        journal.write_atomically(self.path, (text + "\n").encode("ascii"))
+        self.saved = text
+
+
+def _format(raw: dict[str, Any], cursor: str, output: str) -> str:
+    if output == "short":
+        return _short(raw) + "\n"
+    line = json.dumps(
+        {
+            "id": raw["id"],
+            "ts": raw["ts"],
+            "type": raw["type"],
+            "key": raw["key"],
+            "pid": raw["pid"],
+            "data": raw["data"],
+            "cursor": cursor,
+        },
+        separators=(",", ":"),
+    )
+    return f"{RS}{line}\n" if output == "json-seq" else line + "\n"
+
+
+def _short(raw: dict[str, Any]) -> str:
+    """One line for people: time, event, key, old -> new session, reason."""
+    data = raw["data"] or {}
+    new = data.get(reconcile.SETTLED_SESSION.get(raw["type"], "session_id"))
+    old = data.get("old_session_id") or data.get("stored_session_id")
+    change = f"{old} -> {new}" if old and new and old != new else (new or "-")
+    reason = data.get("reason") or data.get("error") or ""
+    if raw["data"] is None:
+        change, reason = "-", "forgotten"
+    kind = raw["type"].removeprefix("session.")
+    return f"{raw['ts'][:19]}Z  {kind:<20} {raw['key']:<28} {change} {reason}".rstrip()
