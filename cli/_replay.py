@@ -10,7 +10,10 @@ docs/architecture.md ("Replay cursors").
 from __future__ import annotations
 
 import json
+import os
+import select
 import signal
+import stat
 import sys
 import time
 from pathlib import Path
@@ -49,7 +52,7 @@ def run(args: Any, settings: reconcile.Settings) -> int:
     printed = 0
     try:
         records = (
-            reader.follow(lambda: bool(stopped), idle=saver.flush_and_save)
+            reader.follow(lambda: bool(stopped), idle=saver.idle)
             if args.follow
             else reader.read(lambda: bool(stopped))
         )
@@ -107,15 +110,27 @@ class _Saver:
         self.flushed: str | None = None  # the cursor at the last successful flush
         self.saved: str | None = None
         self.last = time.monotonic()
+        self.consumed_at_save = -1
 
     def tick(self) -> None:
         if time.monotonic() - self.last >= SAVE_EVERY_S:
             self.flush_and_save()
 
+    def idle(self) -> None:
+        """Between passes of a follow: what was printed goes out; saved now and then.
+        A reader gone (``| head -1``) ends the follow, though nothing new was written."""
+        if _output_closed():
+            raise BrokenPipeError("the reader of the output is gone")
+        sys.stdout.flush()
+        self.flushed = self.reader.cursor().text()
+        if self.reader.consumed != self.consumed_at_save:
+            self.tick()
+
     def flush_and_save(self) -> None:
         sys.stdout.flush()
         self.flushed = self.reader.cursor().text()
         self.last = time.monotonic()
+        self.consumed_at_save = self.reader.consumed
         self._write(self.flushed)
 
     def save_flushed(self) -> None:
@@ -127,6 +142,19 @@ class _Saver:
             return
         journal.write_atomically(self.path, (text + "\n").encode("ascii"))
         self.saved = text
+
+
+def _output_closed() -> bool:
+    """Whether stdout is a pipe whose reading end was closed."""
+    try:
+        fd = sys.stdout.fileno()
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return False
+        poller = select.poll()
+        poller.register(fd, 0)  # POLLERR and POLLHUP are reported whatever is asked
+        return any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _format(raw: dict[str, Any], cursor: str, output: str) -> str:

@@ -96,7 +96,7 @@ class Cursor:
         last = "" if self.last is None else f"{_encode_name(self.last[0])}_{self.last[1]:x}"
         parts = [CURSOR_VERSION, f"{self.m:x}", self.p.replace("-", ""), last]
         for name, (offset, done) in sorted(self.entries.items()):
-            parts.append(f"{_encode_name(name)}_{offset:x}{'d' if done else ''}")
+            parts.append(f"{_encode_name(name)}_{offset:x}{'z' if done else ''}")
         return ".".join(parts)
 
     @classmethod
@@ -119,8 +119,8 @@ class Cursor:
             entries: dict[str, tuple[int, bool]] = {}
             for part in rest:
                 name, _, offset = part.rpartition("_")
-                done = offset.endswith("d")
-                entries[_decode_name(name)] = (int(offset.rstrip("d"), 16), done)
+                done = offset.endswith("z")  # not a hex digit
+                entries[_decode_name(name)] = (int(offset.removesuffix("z"), 16), done)
             return cls(int(m, 16), pid, entries, last_at)
         except (ValueError, UnicodeDecodeError):
             raise CursorError(
@@ -177,6 +177,7 @@ class HistoryReader:
         self._last: tuple[str, int] | None = None
         self._passes = 0
         self.reached_until = False
+        self.consumed = 0  # records consumed so far
 
     # -- the position -------------------------------------------------------------------
 
@@ -308,6 +309,13 @@ class HistoryReader:
                 return None
             # Finished first, then read to the end: then nothing is missed.
             j.finished = directory == ARCHIVE_DIR or writer_gone(path) is True
+            if j.finished:  # its mtime now is for good: the one the cursor's rules need
+                try:
+                    j.mtime = os.fstat(fd).st_mtime_ns // 1000
+                except OSError as exc:
+                    os.close(fd)
+                    self._note(describe(path, exc))
+                    return None
             stream = os.fdopen(fd, "rb")
             stream.seek(j.offset)
             return stream
@@ -393,6 +401,7 @@ class HistoryReader:
                 _, name = heapq.heappop(active)
                 self._last = (name, j.offset)
                 j.offset = end
+                self.consumed += 1
                 if record["id"] > self._p:
                     self._p = record["id"]
                 j.head = self._next(j, j.stream, end)
