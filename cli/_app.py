@@ -98,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("replay", _commands.replay, "the event history, from a cursor, followed")
     p.add_argument("-f", "--follow", action="store_true", help="then new records as written")
-    p.add_argument("--cursor", metavar="C", help="start at the record of cursor C (inclusive)")
-    p.add_argument("--after-cursor", metavar="C", help="start after the record of cursor C")
+    p.add_argument("--cursor", metavar="CURSOR", help="start at this cursor's record")
+    p.add_argument("--after-cursor", metavar="CURSOR", help="start after this cursor's record")
     p.add_argument(
         "--cursor-file", metavar="FILE", help="start after the cursor in FILE; keep it there"
     )
@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-o",
         "--output",
         choices=("json", "json-seq", "short"),
+        metavar="FORMAT",
         help="json (JSON Lines, default when piped), json-seq (RFC 7464), short (a terminal's)",
     )
     p.add_argument("--since", type=_time, help="ISO-8601 or an age (15m, 2h, 7d)")

@@ -167,7 +167,7 @@ def test_bad_and_pruned_cursors(home: Path, tmp_path: Path):
     assert both.returncode == 2
     # A cursor part-way through a journal that retention then pruned: said, exit 3.
     records = lines_of(replay(home).stdout)
-    middle = records[0]["cursor"]
+    middle = next(r for r in records if r["type"] == "session.observed")["cursor"]
     journal.compact(home, retention=journal.Retention(max_files=0))
     pruned = replay(home, "--after-cursor", middle)
     assert pruned.returncode == 3
