@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("show", _commands.show, "cache entries as the hook sees them")
     p.add_argument("key", nargs="?")
+    p.add_argument(
+        "--at",
+        type=_time,
+        metavar="TIME",
+        help="as of an instant (ISO-8601 or an age): the history folded",
+    )
     p.add_argument("--json", action="store_true")
 
     p = command("compact", _commands.compact, "fold journals into the snapshot")

@@ -161,7 +161,7 @@ def _backoff(backoff: dict[str, Any]) -> str:
 
 
 def show(args: Any, settings: reconcile.Settings) -> int:
-    state = journal.load(settings.home)
+    state: Any = journal.load(settings.home) if args.at is None else _state_at(settings, args.at)
     if args.key and args.key not in state:
         if args.json:
             emit_json(None)
@@ -173,6 +173,9 @@ def show(args: Any, settings: reconcile.Settings) -> int:
         emit_json(rows[0] if args.key else rows)
         return 0
     if not rows:
+        if args.at is not None:
+            print(f"no entries as of {args.at}")
+            return 0
         print("the cache is empty: hooks fill it as they observe sessions")
         return 0
     now = time.time()
@@ -190,6 +193,30 @@ def show(args: Any, settings: reconcile.Settings) -> int:
         ("KEY", "LAST EVENT", "SESSION", "EXECUTOR", "AGE"),
     )
     return 0
+
+
+def _state_at(settings: reconcile.Settings, at: str) -> dict[str, journal.Record]:
+    """The cache as of ``at``: the retained history up to it, folded (no bound, no
+    eviction: what the hook would have found, had the cache been large enough)."""
+    table: dict[str, dict[str, Any]] = {}
+    history = journal.history(settings.home, until=at)
+    oldest = None
+    for record in history:
+        oldest = oldest or record.ts
+        journal.fold([record.to_dict()], table)
+    for error in history.errors:
+        print(f"reconcile: could not read {error}; the state shown may miss it", file=sys.stderr)
+    if oldest is None:
+        first = next(iter(journal.history(settings.home)), None)
+        if first is not None:
+            print(
+                f"reconcile: {at} is before the oldest retained record ({first.ts}); "
+                "what came before, if anything, archive retention pruned",
+                file=sys.stderr,
+            )
+    return {
+        key: journal.Record.from_raw(raw) for key, raw in table.items() if raw["data"] is not None
+    }
 
 
 def _entry(record: journal.Record) -> dict[str, Any]:
