@@ -322,6 +322,7 @@ class Setup:
             "--claude-version": "2.1.332",
             "--since": "1h",
             "--until": "2099-01-01",
+            "--at": "2099-01-01",
             "--key": "executor:e-1",
             "--executor": "e-1",
             "--type": "session.reconciled",
