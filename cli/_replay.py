@@ -27,6 +27,7 @@ from cli._commands import UsageError
 SAVE_EVERY_S = 2.0  # while following: how often the cursor file is written (at most)
 RS = "\x1e"  # RFC 7464 record separator
 FORMATS = ("json", "json-seq", "short")
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # made once: json.dumps makes one a call
 
 
 def run(args: Any, settings: reconcile.Settings) -> int:
@@ -58,7 +59,7 @@ def run(args: Any, settings: reconcile.Settings) -> int:
         )
         for raw in records:
             if matches(raw):
-                out.write(_format(raw, reader.cursor().text(), output))
+                out.write(_format(raw, reader.cursor_text(), output))
                 printed += 1
             saver.tick()
         saver.flush_and_save()
@@ -70,7 +71,7 @@ def run(args: Any, settings: reconcile.Settings) -> int:
             signal.signal(signo, handler)
     if args.show_cursor:
         stream = out if output == "short" else sys.stderr
-        stream.write(f"-- cursor: {reader.cursor().text()}\n")
+        stream.write(f"-- cursor: {reader.cursor_text()}\n")
     for error in reader.errors:
         print(f"reconcile: could not read {error}; its records are missing", file=sys.stderr)
     if printed == 0 and args.key and ":" not in args.key:
@@ -122,13 +123,13 @@ class _Saver:
         if _output_closed():
             raise BrokenPipeError("the reader of the output is gone")
         sys.stdout.flush()
-        self.flushed = self.reader.cursor().text()
+        self.flushed = self.reader.cursor_text()
         if self.reader.consumed != self.consumed_at_save:
             self.tick()
 
     def flush_and_save(self) -> None:
         sys.stdout.flush()
-        self.flushed = self.reader.cursor().text()
+        self.flushed = self.reader.cursor_text()
         self.last = time.monotonic()
         self.consumed_at_save = self.reader.consumed
         self._write(self.flushed)
@@ -160,7 +161,7 @@ def _output_closed() -> bool:
 def _format(raw: dict[str, Any], cursor: str, output: str) -> str:
     if output == "short":
         return _short(raw) + "\n"
-    line = json.dumps(
+    line = _ENCODER.encode(
         {
             "id": raw["id"],
             "ts": raw["ts"],
@@ -169,8 +170,7 @@ def _format(raw: dict[str, Any], cursor: str, output: str) -> str:
             "pid": raw["pid"],
             "data": raw["data"],
             "cursor": cursor,
-        },
-        separators=(",", ":"),
+        }
     )
     return f"{RS}{line}\n" if output == "json-seq" else line + "\n"
 

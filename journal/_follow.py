@@ -140,10 +140,26 @@ class Cursor:
 class _Journal:
     """One journal as the reader knows it."""
 
-    __slots__ = ("done", "finished", "first", "head", "mtime", "name", "offset", "stream")
+    __slots__ = (
+        "after",
+        "done",
+        "enc",
+        "finished",
+        "first",
+        "head",
+        "mtime",
+        "name",
+        "offset",
+        "segment",
+        "stream",
+    )
 
     def __init__(self, name: str, offset: int, done: bool, mtime: int) -> None:
         self.name = name
+        self.enc = _encode_name(name)
+        self.segment = ("", -1, False)  # the cursor's text for it, for (offset, done)
+        # The event id of the next record not consumed, "" at its end, None if unknown.
+        self.after: str | None = None
         self.offset = offset  # bytes consumed: the end of the last line consumed
         self.done = done  # finished and read to its end: it never changes again
         self.mtime = mtime  # microseconds, from the latest listing that saw it
@@ -169,6 +185,10 @@ class HistoryReader:
         self._until = until  # a record after this timestamp is neither read nor consumed
         self.errors: list[str] = []
         self._table: dict[str, _Journal] = {}
+        # The journals a cursor may have to name: read from, or resumed part-way.
+        self._held: dict[str, _Journal] = {}
+        self._entries: str | None = None  # the journals a cursor names (None: to compute)
+        self._threshold = ""
         self._start = cursor
         self._p = cursor.p if cursor is not None else ""
         # Below which a journal not in the table was consumed (see the module docstring).
@@ -183,15 +203,48 @@ class HistoryReader:
 
     def cursor(self) -> Cursor:
         """The position after every record consumed so far."""
-        entries: dict[str, tuple[int, bool]] = {}
+        return Cursor.parse(self.cursor_text())
+
+    def cursor_text(self) -> str:
+        """:meth:`cursor` as text. It is computed for every record printed, so the part
+        naming journals is kept, and computed again only when a journal's entry may have
+        changed: when one is read from, and when ``p`` passes an event id that decides
+        whether a journal is named (``_threshold``)."""
+        m, p, last = self._m, self._p, self._last
+        if self._entries is None or p >= self._threshold:
+            self._entries, self._threshold = self._named()
+        head = "" if last is None else f"{_encode_name(last[0])}_{last[1]:x}"
+        if self._entries:
+            return f"{CURSOR_VERSION}.{m:x}.{p.replace('-', '')}.{head}.{self._entries}"
+        return f"{CURSOR_VERSION}.{m:x}.{p.replace('-', '')}.{head}"
+
+    def _named(self) -> tuple[str, str]:
+        """The journals a cursor names, and the least event id after ``p`` whose passing
+        by ``p`` may change that."""
+        parts: list[str] = []
+        threshold = "~"  # after every event id
+        p = self._p
+        for j in self._held.values():
+            segment = self._segment(j)
+            if segment is not None:
+                parts.append(segment)
+            for decisive in (j.after, j.first if j.offset == 0 else None):
+                if decisive and p < decisive < threshold:
+                    threshold = decisive
+        return ".".join(parts), threshold
+
+    def _segment(self, j: _Journal) -> str | None:
+        """What a cursor says of journal ``j`` now; None if the rules imply it."""
         m, p = self._m, self._p
-        for name, j in self._table.items():
-            if j.done and j.mtime < m and (self._last is None or self._last[0] != name):
-                continue  # consumed, and older than m: the rules say so
-            if j.offset == 0 and not j.done and (j.first is None or j.first > p or j.mtime >= m):
-                continue  # nothing consumed, and the rules read it whole
-            entries[name] = (j.offset, j.done)
-        return Cursor(m, p, entries, self._last)
+        if j.finished and j.mtime < m and j.after is not None and (not j.after or j.after > p):
+            return None  # what it consumed is its longest prefix at or before p: the rule
+        if j.offset == 0 and not j.done and (j.first is None or j.first > p or j.mtime >= m):
+            return None  # nothing consumed, and the rules read it whole
+        text, offset, done = j.segment
+        if offset != j.offset or done != j.done:
+            text = f"{j.enc}_{j.offset:x}{'z' if j.done else ''}"
+            j.segment = (text, j.offset, j.done)
+        return text
 
     # -- reading ------------------------------------------------------------------------
 
@@ -218,9 +271,11 @@ class HistoryReader:
         # Done journals older than this listing (less the margin) are forgotten: one this
         # reader has not seen is newer than the listing (docs/architecture.md).
         self._forget_below = self._m = listed_at - CLOCK_MARGIN_US
+        self._entries = None
         for name in [n for n, j in self._table.items() if j.done and j.mtime < self._m]:
             if self._last is None or self._last[0] != name:
                 del self._table[name]
+                self._held.pop(name, None)
 
     def follow(
         self,
@@ -273,12 +328,25 @@ class HistoryReader:
             return _Journal(name, 0, False, mtime)
         if name in start.entries:
             offset, done = start.entries[name]
-            return _Journal(name, offset, done, mtime)
+            self._held[name] = _Journal(name, offset, done, mtime)
+            return self._held[name]
         j = _Journal(name, 0, False, mtime)
-        if mtime < start.m and start.p:
-            first = self._peek(j)
-            if first is not None and first <= start.p:
-                j.done, j.first = True, first  # consumed before the cursor was taken
+        if mtime < start.m and start.p:  # its longest prefix at or before p was consumed
+            stream = self._open(j)
+            if stream is None:
+                return j
+            with stream:
+                head = self._next(j, stream, 0)
+                while head is not None and head[0]["id"] <= start.p:
+                    j.first = j.first or head[0]["id"]
+                    j.offset = head[1]
+                    head = self._next(j, stream, j.offset)
+            j.after = "" if head is None else head[0]["id"]
+            if head is None and j.finished:
+                j.done = True
+            if j.offset:
+                self._held[name] = j
+                self._entries = None
         return j
 
     def _check_pruned(self, names: dict[str, int]) -> None:
@@ -328,7 +396,8 @@ class HistoryReader:
             return None
         with stream:
             head = self._next(j, stream, j.offset)
-        return None if head is None else head[0]["id"]
+        j.after = "" if head is None else head[0]["id"]
+        return j.after or None
 
     def _next(self, j: _Journal, stream: IO[bytes], at: int) -> tuple[dict[str, Any], int] | None:
         """The next record from byte ``at`` of ``stream``, with the end of its line; lines
@@ -377,6 +446,7 @@ class HistoryReader:
                 j.first = j.first or first
             upcoming.append((first, j.name))
         upcoming.sort(reverse=True)
+        self._entries = None  # the peeks moved what they found
         active: list[tuple[str, str]] = []
         try:
             while (active or upcoming) and not stop():
@@ -386,8 +456,11 @@ class HistoryReader:
                     j.stream = self._open(j)
                     if j.stream is not None:
                         j.head = self._next(j, j.stream, j.offset)
+                    j.after = "" if j.head is None else j.head[0]["id"]
                     if j.head is not None:
                         heapq.heappush(active, (j.head[0]["id"], name))
+                        self._held[name] = j
+                        self._entries = None
                     else:
                         self._settle(j)
                 if not active:
@@ -399,16 +472,20 @@ class HistoryReader:
                     self.reached_until = True
                     return  # the rest sorts after it: left for a cursor to resume from
                 _, name = heapq.heappop(active)
+                before = self._segment(j)
                 self._last = (name, j.offset)
                 j.offset = end
                 self.consumed += 1
                 if record["id"] > self._p:
                     self._p = record["id"]
                 j.head = self._next(j, j.stream, end)
+                j.after = "" if j.head is None else j.head[0]["id"]
                 if j.head is not None:
                     heapq.heappush(active, (j.head[0]["id"], name))
                 else:
                     self._settle(j)
+                if before is not None or self._segment(j) is not None:
+                    self._entries = None  # its entry changed
                 yield record
         finally:
             for j in self._table.values():
@@ -425,6 +502,7 @@ class HistoryReader:
         j.head = None
         if j.finished:
             j.done = True
+        self._entries = None
 
     def _note(self, message: str) -> None:
         if message not in self.errors:
