@@ -188,7 +188,6 @@ class HistoryReader:
         # The journals a cursor may have to name: read from, or resumed part-way.
         self._held: dict[str, _Journal] = {}
         self._entries: str | None = None  # the journals a cursor names (None: to compute)
-        self._threshold = ""
         self._start = cursor
         self._p = cursor.p if cursor is not None else ""
         # Below which a journal not in the table was consumed (see the module docstring).
@@ -208,30 +207,20 @@ class HistoryReader:
     def cursor_text(self) -> str:
         """:meth:`cursor` as text. It is computed for every record printed, so the part
         naming journals is kept, and computed again only when a journal's entry may have
-        changed: when one is read from, and when ``p`` passes an event id that decides
-        whether a journal is named (``_threshold``)."""
+        changed: when the merge opens, reads from or ends a journal, and at each pass.
+        Between those, ``p`` grows only to the record just read: a journal in the merge
+        has its next record after it (the merge takes the least), one not in it yet its
+        first (the merge opens a journal before reading past its first record), and one
+        read to its end has nothing left; so no other journal's entry changes."""
         m, p, last = self._m, self._p, self._last
-        if self._entries is None or p >= self._threshold:
-            self._entries, self._threshold = self._named()
+        if self._entries is None:
+            self._entries = ".".join(
+                s for s in (self._segment(j) for j in self._held.values()) if s is not None
+            )
         head = "" if last is None else f"{_encode_name(last[0])}_{last[1]:x}"
         if self._entries:
             return f"{CURSOR_VERSION}.{m:x}.{p.replace('-', '')}.{head}.{self._entries}"
         return f"{CURSOR_VERSION}.{m:x}.{p.replace('-', '')}.{head}"
-
-    def _named(self) -> tuple[str, str]:
-        """The journals a cursor names, and the least event id after ``p`` whose passing
-        by ``p`` may change that."""
-        parts: list[str] = []
-        threshold = "~"  # after every event id
-        p = self._p
-        for j in self._held.values():
-            segment = self._segment(j)
-            if segment is not None:
-                parts.append(segment)
-            for decisive in (j.after, j.first if j.offset == 0 else None):
-                if decisive and p < decisive < threshold:
-                    threshold = decisive
-        return ".".join(parts), threshold
 
     def _segment(self, j: _Journal) -> str | None:
         """What a cursor says of journal ``j`` now; None if the rules imply it."""

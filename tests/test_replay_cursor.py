@@ -165,9 +165,13 @@ def test_bad_and_pruned_cursors(home: Path, tmp_path: Path):
     assert bad.returncode == 2 and b"not a cursor" in bad.stderr
     both = replay(home, "--cursor", "x", "--after-cursor", "y")
     assert both.returncode == 2
-    # A cursor part-way through a journal that retention then pruned: said, exit 3.
-    records = lines_of(replay(home).stdout)
-    middle = next(r for r in records if r["type"] == "session.observed")["cursor"]
+    # A cursor part-way through a journal still being written (so the cursor names it),
+    # which retention pruned once it was finished and archived: said, exit 3.
+    with journal.Writer(home) as writer:
+        for n in range(3):
+            writer.append(f"executor:live-{n}", {"session_id": "s"}, "session.observed")
+        records = lines_of(replay(home).stdout)
+    middle = next(r for r in records if r["key"] == "executor:live-0")["cursor"]
     journal.compact(home, retention=journal.Retention(max_files=0))
     pruned = replay(home, "--after-cursor", middle)
     assert pruned.returncode == 3
