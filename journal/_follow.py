@@ -7,21 +7,20 @@ journal, how many of its bytes were consumed. Not a time: an outcome is stamped 
 the microsecond of the observation it answers, so a record written now may sort hours
 before records delivered already, and a time would skip it.
 
-A cursor would name every journal ever read. Three rules keep it to the journals being
-read at that instant:
+A cursor would name every journal ever read. Three facts keep it to the journals being
+written, or read out of order, at that instant:
 
-- ``m``, a file time: every journal whose last write (mtime) is before ``m`` existed at
-  a listing this reader made and read to its end (``m`` is that listing's start less
-  :data:`CLOCK_MARGIN_US`), so a journal the cursor leaves out and older than ``m`` was
-  consumed, unless its first record sorts after ``p``;
-- ``p``, the greatest event id consumed: the merge opens journals in the order of their
-  first record, so one not opened yet starts after ``p``, and is read whole on resume;
-- the entries: each journal partly read, still being written, or finished in the last
-  :data:`CLOCK_MARGIN_US` before ``m`` moved, with its byte offset (and whether it was
-  read to its end, finished).
+- ``m``, a file time: a journal whose last write (mtime) is before ``m`` existed at a
+  listing this reader made and read to its end (``m`` is that listing's start less
+  :data:`CLOCK_MARGIN_US`);
+- ``p``, the greatest event id consumed: the merge reads the least next record first,
+  so what a finished journal had consumed is its longest prefix of records at or
+  before ``p``;
+- the entries: each journal whose state those two do not imply, with its byte offset
+  (and whether it was read to its end, finished).
 
 A journal is *finished* when it is in ``archive/`` or no writer holds its lock: writers
-never reopen a journal, so a finished journal read to its end (*done*) never changes.
+never reopen a journal, so a finished journal never changes. Read to its end, *done*.
 """
 
 from __future__ import annotations

@@ -293,6 +293,7 @@ def test_a_follower_killed_and_resumed_50_times_loses_and_repeats_nothing(
         stderr = (tmp_path / f"out-{run}.err").read_bytes()
         printed = lines_of(out.read_bytes())
         ids = [r["id"] for r in printed]
+        assert all(len(r["cursor"]) <= journal_max_cursor() for r in printed)
         assert len(set(ids)) == len(ids), (run, mode)
         assert not acknowledged & set(ids), (run, mode, acknowledged & set(ids))
         if mode == "file-term":
