@@ -9,7 +9,6 @@ docs/architecture.md ("Replay cursors").
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
@@ -27,7 +26,9 @@ from cli._commands import UsageError
 SAVE_EVERY_S = 2.0  # while following: how often the cursor file is written (at most)
 RS = "\x1e"  # RFC 7464 record separator
 FORMATS = ("json", "json-seq", "short")
-_ENCODER = json.JSONEncoder(separators=(",", ":"))  # made once: json.dumps makes one a call
+# Where a record line's ``rec`` object starts (docs/formats.md): LINE_PREFIX, 8 hex digits
+# of CRC, LINE_MIDDLE.
+_BODY_START = len(b'{"crc":"') + 8 + len(b'","rec":')
 
 
 def run(args: Any, settings: reconcile.Settings) -> int:
@@ -48,7 +49,7 @@ def run(args: Any, settings: reconcile.Settings) -> int:
         stopped.append(signo)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    out = sys.stdout
+    out = sys.stdout.buffer
     saver = _Saver(args.cursor_file, reader)
     printed = 0
     try:
@@ -59,7 +60,7 @@ def run(args: Any, settings: reconcile.Settings) -> int:
         )
         for raw in records:
             if matches(raw):
-                out.write(_format(raw, reader.cursor_text(), output))
+                out.write(_format(raw, reader.line, reader.cursor_text(), output))
                 printed += 1
             saver.tick()
         saver.flush_and_save()
@@ -70,7 +71,7 @@ def run(args: Any, settings: reconcile.Settings) -> int:
         for signo, handler in previous.items():
             signal.signal(signo, handler)
     if args.show_cursor:
-        stream = out if output == "short" else sys.stderr
+        stream = sys.stdout if output == "short" else sys.stderr
         stream.write(f"-- cursor: {reader.cursor_text()}\n")
     for error in reader.errors:
         print(f"reconcile: could not read {error}; its records are missing", file=sys.stderr)
@@ -158,21 +159,15 @@ def _output_closed() -> bool:
         return False
 
 
-def _format(raw: dict[str, Any], cursor: str, output: str) -> str:
+def _format(raw: dict[str, Any], line: bytes, cursor: str, output: str) -> bytes:
+    """One record as printed. JSON: the record as its journal holds it (the ``rec``
+    object of the line, checked and decoded already), with its cursor added; not
+    encoded again."""
     if output == "short":
-        return _short(raw) + "\n"
-    line = _ENCODER.encode(
-        {
-            "id": raw["id"],
-            "ts": raw["ts"],
-            "type": raw["type"],
-            "key": raw["key"],
-            "pid": raw["pid"],
-            "data": raw["data"],
-            "cursor": cursor,
-        }
-    )
-    return f"{RS}{line}\n" if output == "json-seq" else line + "\n"
+        return (_short(raw) + "\n").encode("utf-8", "replace")
+    body = line[_BODY_START:-2]  # '{"v":1,"id":...,"data":...}' without its closing brace
+    record = b'%s,"cursor":"%s"}\n' % (body[:-1], cursor.encode("ascii"))
+    return RS.encode() + record if output == "json-seq" else record
 
 
 def _short(raw: dict[str, Any]) -> str:

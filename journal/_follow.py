@@ -166,7 +166,7 @@ class _Journal:
         self.finished = False
         self.stream: IO[bytes] | None = None
         # The next record not consumed yet: (raw record, the end of its line).
-        self.head: tuple[dict[str, Any], int] | None = None
+        self.head: tuple[dict[str, Any], int, bytes] | None = None
 
 
 class HistoryReader:
@@ -196,6 +196,7 @@ class HistoryReader:
         self._passes = 0
         self.reached_until = False
         self.consumed = 0  # records consumed so far
+        self.line = b""  # the line of the record last yielded, as written (format v1)
 
     # -- the position -------------------------------------------------------------------
 
@@ -387,9 +388,12 @@ class HistoryReader:
         j.after = "" if head is None else head[0]["id"]
         return j.after or None
 
-    def _next(self, j: _Journal, stream: IO[bytes], at: int) -> tuple[dict[str, Any], int] | None:
-        """The next record from byte ``at`` of ``stream``, with the end of its line; lines
-        that hold no record are consumed on the way (``j.offset`` moves past them)."""
+    def _next(
+        self, j: _Journal, stream: IO[bytes], at: int
+    ) -> tuple[dict[str, Any], int, bytes] | None:
+        """The next record from byte ``at`` of ``stream``, with the end of its line and the
+        line; lines that hold no record are consumed on the way (``j.offset`` moves past
+        them)."""
         while True:
             try:
                 line = stream.readline(MAX_LINE + 1)
@@ -418,7 +422,7 @@ class HistoryReader:
                     j.offset = end  # not a record: consumed silently (compact counts it)
                 at = end
                 continue
-            return record, end
+            return record, end, line
 
     def _merge(self, stop: Callable[[], bool]) -> Iterator[dict[str, Any]]:
         """Read every journal not done to its current end, records merged by event id."""
@@ -455,7 +459,7 @@ class HistoryReader:
                     continue
                 j = self._table[active[0][1]]
                 assert j.head is not None and j.stream is not None
-                record, end = j.head
+                record, end, self.line = j.head
                 if self._until is not None and record["ts"] > self._until:
                     self.reached_until = True
                     return  # the rest sorts after it: left for a cursor to resume from
