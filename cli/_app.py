@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--show-cursor", action="store_true", help="print the cursor at the end")
     p.add_argument(
+        "--header", action="store_true", help="what history is retained, instead of the records"
+    )
+    p.add_argument(
         "-o",
         "--output",
         choices=("json", "json-seq", "short"),

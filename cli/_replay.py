@@ -32,6 +32,8 @@ _BODY_START = len(b'{"crc":"') + 8 + len(b'","rec":')
 
 
 def run(args: Any, settings: reconcile.Settings) -> int:
+    if args.header:
+        return header(args, settings)
     if args.follow and args.until:
         raise UsageError("--follow and --until cannot be used together: a follow never ends")
     starts = [x for x in (args.cursor, args.after_cursor, args.cursor_file) if x is not None]
@@ -83,6 +85,51 @@ def run(args: Any, settings: reconcile.Settings) -> int:
         )
     if stopped and not args.follow:
         return 128 + stopped[0]  # interrupted: what was printed is not the whole history
+    return 0
+
+
+def header(args: Any, settings: reconcile.Settings) -> int:
+    """``replay --header``: the retained history (oldest and newest record, files,
+    records by type), in the format ``-o`` chooses."""
+    from collections import Counter
+
+    from cli._output import emit_json, emit_pairs, plural
+
+    counts: Counter[str] = Counter()
+    oldest = newest = None
+    history = journal.history(settings.home)
+    for record in history:
+        oldest = oldest or record.ts
+        newest = record.ts
+        counts[record.type] += 1
+    files = journal.inventory(settings.home)
+    by_type = dict(sorted(counts.items()))
+    data: dict[str, Any] = {
+        "oldest": oldest,
+        "newest": newest,
+        "records": sum(counts.values()),
+        "by_type": by_type,
+        "journals": files.journals,
+        "archive_files": files.archive_files,
+        "errors": list(history.errors),
+    }
+    output = args.output or ("short" if sys.stdout.isatty() else "json")
+    if output != "short":
+        emit_json(data)
+        return 0
+    emit_pairs(
+        [
+            ("oldest record", oldest or "none"),
+            ("newest record", newest or "none"),
+            ("records", ", ".join(f"{n} {t}" for t, n in by_type.items()) or "none"),
+            (
+                "files",
+                f"{plural(files.journals, 'journal')} in journal/, "
+                f"{plural(files.archive_files, 'file')} in archive/",
+            ),
+            *(("unreadable", error) for error in history.errors),
+        ]
+    )
     return 0
 
 

@@ -320,3 +320,15 @@ def test_a_follower_killed_and_resumed_50_times_loses_and_repeats_nothing(
     last = [r["id"] for r in lines_of(tail.read_bytes())]
     assert len(set(last)) == len(last) and not acknowledged & set(last)
     assert acknowledged | set(last) == expected
+
+
+def test_header_says_what_history_is_retained(home: Path):
+    write(home, "a")
+    journal.compact(home)
+    write(home, "b")
+    header = json.loads(replay(home, "--header").stdout)
+    ids = history_ids(home)
+    assert header["records"] == len(ids) and sum(header["by_type"].values()) == len(ids)
+    assert header["oldest"] <= header["newest"] and header["archive_files"] >= 1
+    words = replay(home, "--header", "-o", "short")
+    assert words.returncode == 0 and b"oldest record:" in words.stdout
