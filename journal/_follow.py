@@ -186,6 +186,9 @@ class HistoryReader:
         self._table: dict[str, _Journal] = {}
         # The journals a cursor may have to name: read from, or resumed part-way.
         self._held: dict[str, _Journal] = {}
+        # Done journals dropped from the table, by name, while they are still listed:
+        # listing them again costs no stat.
+        self._forgotten: set[str] = set()
         self._entries: str | None = None  # the journals a cursor names (None: to compute)
         self._start = cursor
         self._p = cursor.p if cursor is not None else ""
@@ -265,6 +268,7 @@ class HistoryReader:
             if self._last is None or self._last[0] != name:
                 del self._table[name]
                 self._held.pop(name, None)
+                self._forgotten.add(name)
 
     def follow(
         self,
@@ -286,6 +290,7 @@ class HistoryReader:
         """Journal name -> mtime (us), ``journal/`` listed before ``archive/``: a journal
         archived between the two listings is in the second."""
         found: dict[str, int] = {}
+        listed: set[str] = set()
         for directory in (JOURNAL_DIR, ARCHIVE_DIR):
             try:
                 paths = list_files(self.home / directory, JOURNAL_SUFFIX)
@@ -294,14 +299,21 @@ class HistoryReader:
                 continue
             for path in paths:
                 name = os.path.basename(path)
-                if name in found:
+                if name in found or name in listed:
                     continue
+                listed.add(name)
+                known = self._table.get(name)
+                if name in self._forgotten or (known is not None and known.done):
+                    continue  # done for good: its mtime is known, or no longer needed
                 try:
                     found[name] = os.lstat(path).st_mtime_ns // 1000
                 except FileNotFoundError:
                     found[name] = self._mtime(name) if directory == JOURNAL_DIR else -1
                 except OSError as exc:
                     self._note(describe(path, exc))
+        # A forgotten journal no longer listed (pruned) never comes back: the set stays
+        # as large as the directories, not as the history followed.
+        self._forgotten &= listed
         return {n: t for n, t in found.items() if t >= 0}
 
     def _mtime(self, name: str) -> int:
