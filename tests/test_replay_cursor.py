@@ -332,3 +332,29 @@ def test_header_says_what_history_is_retained(home: Path):
     assert header["oldest"] <= header["newest"] and header["archive_files"] >= 1
     words = replay(home, "--header", "-o", "short")
     assert words.returncode == 0 and b"oldest record:" in words.stdout
+
+
+def test_a_journal_finished_between_listing_and_reading_is_not_read_twice(home: Path):
+    """Its mtime at the listing is older than the one it ends with: the cursor's rules
+    need the last (taken when the journal is opened, finished), or a resume reads it
+    whole again. The writer appends and closes exactly between the two."""
+    writer = journal.Writer(home)
+    first = writer.append("executor:a", {"session_id": "s-1"}, "session.observed")
+    path = writer.path
+    assert path is not None
+    old = time.time() - 60  # listed as written a minute ago
+    os.utime(path, (old, old))
+
+    class Between(journal.HistoryReader):
+        def _list(self) -> dict[str, int]:
+            listed = super()._list()
+            writer.append("executor:a", {"session_id": "s-2"}, "session.observed")
+            writer.close()  # finished now, written after the listing
+            return listed
+
+    reader = Between(home)
+    ids = [r["id"] for r in reader.read()]
+    assert len(ids) == 2 and ids[0] == first
+    cursor = reader.cursor_text()
+    again = replay(home, "--after-cursor", cursor)
+    assert again.returncode == 0 and again.stdout == b"", again.stdout
