@@ -45,7 +45,9 @@ from journal._hit import (
 from journal._read import describe, writer_gone
 
 CURSOR_VERSION = "1"
-MAX_CURSOR = 4096  # bytes a cursor may take (docs/architecture.md, "Replay cursors")
+# The size cursors are held to (tests/test_replay_cursor.py): about 100 journals named at
+# once; a cursor names only those being written or read out of order (docs/architecture.md).
+MAX_CURSOR = 4096
 CLOCK_MARGIN_US = 1_000_000  # how far a file's mtime may lag the listing that missed it
 _NAME_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyz-")
 
@@ -197,7 +199,6 @@ class HistoryReader:
         self._forget_below = 0  # done journals older than this leave the table
         self._last: tuple[str, int] | None = None
         self._passes = 0
-        self.reached_until = False
         self.consumed = 0  # records consumed so far
         self.line = b""  # the line of the record last yielded, as written (format v1)
 
@@ -473,7 +474,6 @@ class HistoryReader:
                 assert j.head is not None and j.stream is not None
                 record, end, self.line = j.head
                 if self._until is not None and record["ts"] > self._until:
-                    self.reached_until = True
                     return  # the rest sorts after it: left for a cursor to resume from
                 _, name = heapq.heappop(active)
                 before = self._segment(j)

@@ -358,3 +358,13 @@ def test_a_journal_finished_between_listing_and_reading_is_not_read_twice(home: 
     cursor = reader.cursor_text()
     again = replay(home, "--after-cursor", cursor)
     assert again.returncode == 0 and again.stdout == b"", again.stdout
+
+
+def test_until_leaves_what_follows_for_the_cursor(home: Path, tmp_path: Path):
+    write(home, "a")
+    records = lines_of(replay(home).stdout)
+    cut = records[1]["ts"]
+    cursor_file = tmp_path / "cursor"
+    before = lines_of(replay(home, "--until", cut, "--cursor-file", str(cursor_file)).stdout)
+    after = lines_of(replay(home, "--cursor-file", str(cursor_file)).stdout)
+    assert [r["id"] for r in before + after] == [r["id"] for r in records]
