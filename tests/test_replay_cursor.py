@@ -368,3 +368,10 @@ def test_until_leaves_what_follows_for_the_cursor(home: Path, tmp_path: Path):
     before = lines_of(replay(home, "--until", cut, "--cursor-file", str(cursor_file)).stdout)
     after = lines_of(replay(home, "--cursor-file", str(cursor_file)).stdout)
     assert [r["id"] for r in before + after] == [r["id"] for r in records]
+
+
+@pytest.mark.parametrize("when", ["9999-12-31T23:00:00-05:00", "99999999999d"])
+def test_a_time_out_of_range_is_a_usage_error(home: Path, when: str):
+    done = replay(home, "--since", when)
+    assert done.returncode == 2 and b"invalid time" in done.stderr
+    assert b"Traceback" not in done.stderr
