@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("show", _commands.show, "cache entries as the hook sees them")
     p.add_argument("key", nargs="?")
+    p.add_argument(
+        "--at",
+        type=_time,
+        metavar="TIME",
+        help="as of an instant (ISO-8601 or an age): the history folded",
+    )
     p.add_argument("--json", action="store_true")
 
     p = command("compact", _commands.compact, "fold journals into the snapshot")
@@ -118,7 +124,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("key")
     p.add_argument("--json", action="store_true")
 
-    p = command("replay", _commands.replay, "the event history as JSON Lines")
+    p = command("replay", _commands.replay, "the event history, from a cursor, followed")
+    p.add_argument("-f", "--follow", action="store_true", help="then new records as written")
+    p.add_argument("--cursor", metavar="CURSOR", help="start at this cursor's record")
+    p.add_argument("--after-cursor", metavar="CURSOR", help="start after this cursor's record")
+    p.add_argument(
+        "--cursor-file", metavar="FILE", help="start after the cursor in FILE; keep it there"
+    )
+    p.add_argument("--show-cursor", action="store_true", help="print the cursor at the end")
+    p.add_argument(
+        "--header", action="store_true", help="what history is retained, instead of the records"
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=("json", "json-seq", "short"),
+        metavar="FORMAT",
+        help="json (JSON Lines, default when piped), json-seq (RFC 7464), short (a terminal's)",
+    )
     p.add_argument("--since", type=_time, help="ISO-8601 or an age (15m, 2h, 7d)")
     p.add_argument("--until", type=_time, help="ISO-8601 or an age")
     p.add_argument("--key")

@@ -9,7 +9,6 @@ in docs/operations.md.
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import sys
 import time
@@ -25,9 +24,7 @@ from cli._output import (
     emit_pairs,
     emit_table,
     plural,
-    progress,
     progress_bar,
-    reader_gone,
 )
 from cli._output import size as human_size
 
@@ -177,7 +174,7 @@ def _backoff(backoff: dict[str, Any]) -> str:
 
 
 def show(args: Any, settings: reconcile.Settings) -> int:
-    state = journal.load(settings.home)
+    state: Any = journal.load(settings.home) if args.at is None else _state_at(settings, args.at)
     if args.key and args.key not in state:
         if args.json:
             emit_json(None)
@@ -189,6 +186,9 @@ def show(args: Any, settings: reconcile.Settings) -> int:
         emit_json(rows[0] if args.key else rows)
         return 0
     if not rows:
+        if args.at is not None:
+            print(f"no entries as of {args.at}")
+            return 0
         print("the cache is empty: hooks fill it as they observe sessions")
         return 0
     now = time.time()
@@ -206,6 +206,30 @@ def show(args: Any, settings: reconcile.Settings) -> int:
         ("KEY", "LAST EVENT", "SESSION", "EXECUTOR", "AGE"),
     )
     return 0
+
+
+def _state_at(settings: reconcile.Settings, at: str) -> dict[str, journal.Record]:
+    """The cache as of ``at``: the retained history up to it, folded (no bound, no
+    eviction: what the hook would have found, had the cache been large enough)."""
+    table: dict[str, dict[str, Any]] = {}
+    history = journal.history(settings.home, until=at)
+    oldest = None
+    for record in history:
+        oldest = oldest or record.ts
+        journal.fold([record.to_dict()], table)
+    for error in history.errors:
+        print(f"reconcile: could not read {error}; the state shown may miss it", file=sys.stderr)
+    if oldest is None:
+        first = next(iter(journal.history(settings.home)), None)
+        if first is not None:
+            print(
+                f"reconcile: {at} is before the oldest retained record ({first.ts}); "
+                "what came before, if anything, archive retention pruned",
+                file=sys.stderr,
+            )
+    return {
+        key: journal.Record.from_raw(raw) for key, raw in table.items() if raw["data"] is not None
+    }
 
 
 def _entry(record: journal.Record) -> dict[str, Any]:
@@ -289,34 +313,13 @@ def replay(args: Any, settings: reconcile.Settings) -> int:
         if name not in reconcile.EVENT_TYPES:
             raise UsageError(_unknown_type(name))
     if args.to_db:
+        following = (args.follow, args.cursor, args.after_cursor, args.cursor_file)
+        if any(x not in (None, False) for x in following):
+            raise UsageError("--to-db applies the whole history: no --follow or cursor options")
         return _replay_to_db(args, settings)
-    records = reconcile.events(
-        settings,
-        since=args.since,
-        until=args.until,
-        key=args.key,
-        executor=args.executor,
-        types=tuple(args.type),
-    )
-    out = sys.stdout
-    count = 0
-    for record in progress(records, desc="replay"):
-        line = {
-            "id": record.id,
-            "ts": record.ts,
-            "type": record.type,
-            "key": record.key,
-            "pid": record.pid,
-            "data": record.data,
-        }
-        out.write(json.dumps(line, separators=(",", ":"), default=dict) + "\n")
-        count += 1
-        if reader_gone():  # `replay | head`: the rest would go nowhere
-            return 0
-    if count == 0 and args.key:  # a filter: no event is an answer (exit 0), with a hint
-        hint = _no_entry(args.key, journal.load(settings.home), missing="no events")
-        print(f"reconcile: note: {hint}", file=sys.stderr)
-    return 0
+    from cli import _replay
+
+    return _replay.run(args, settings)
 
 
 def _unknown_type(name: str) -> str:

@@ -75,6 +75,19 @@ def closed_pipe_guard() -> Iterator[None]:
         sys.stdout = original
 
 
+def drop_output() -> None:
+    """The reader of stdout went away (a command that writes to ``sys.stdout.buffer``
+    saw it first): the rest of the output goes to /dev/null, quietly."""
+    if isinstance(sys.stdout, _ClosedPipeGuard):
+        sys.stdout._gone()
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+
+
 def reader_gone() -> bool:
     """Whether the reader of stdout went away: a streaming command may stop early."""
     return bool(getattr(sys.stdout, "reader_gone", False))
@@ -132,7 +145,10 @@ def parse_time(text: str, *, now: float | None = None) -> str:
     text = text.strip()
     unit = _UNITS.get(text[-1:].lower())
     if unit is not None and text[:-1].replace(".", "", 1).isdigit():
-        moment = datetime.fromtimestamp((now or time.time()) - float(text[:-1]) * unit, UTC)
+        try:
+            moment = datetime.fromtimestamp((now or time.time()) - float(text[:-1]) * unit, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise ValueError(f"invalid time {text!r}: too far back") from None
     else:
         try:
             moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -142,7 +158,11 @@ def parse_time(text: str, *, now: float | None = None) -> str:
             ) from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    try:
+        moment = moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"invalid time {text!r}: out of the range of dates") from None
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def progress(items: Iterable[T], *, total: int | None = None, desc: str = "") -> Iterator[T]:

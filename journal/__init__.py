@@ -18,7 +18,11 @@ __all__ = [
     "LOG_DIR",
     "CompactionIncompleteError",
     "CompactionReport",
+    "Cursor",
+    "CursorError",
+    "CursorPrunedError",
     "History",
+    "HistoryReader",
     "InvalidRecordError",
     "Inventory",
     "JournalError",
@@ -58,6 +62,10 @@ __all__ = [
 _WHERE = {
     "CompactionIncompleteError": "_errors",
     "CompactionReport": "_model",
+    "Cursor": "_follow",
+    "CursorError": "_errors",
+    "CursorPrunedError": "_errors",
+    "HistoryReader": "_follow",
     "History": "_read",
     "Record": "_model",
     "Skips": "_model",
@@ -117,6 +125,8 @@ if TYPE_CHECKING:
     from journal._compact import Retention, compact
     from journal._errors import (
         CompactionIncompleteError,
+        CursorError,
+        CursorPrunedError,
         InvalidRecordError,
         JournalError,
         RecordTooLargeError,
@@ -124,6 +134,7 @@ if TYPE_CHECKING:
         UnsafePathError,
     )
     from journal._fold import fold
+    from journal._follow import Cursor, HistoryReader
     from journal._hit import (
         LOG_DIR,
         event_time_us,

@@ -42,3 +42,11 @@ class CompactionIncompleteError(StorageError):
     def __init__(self, message: str, report: CompactionReport) -> None:
         super().__init__(message)
         self.report = report
+
+
+class CursorError(JournalError, ValueError):
+    """A replay cursor's text is not a cursor (a typo, or a truncated copy)."""
+
+
+class CursorPrunedError(JournalError):
+    """A replay cursor points into history that archive retention already removed."""

@@ -48,6 +48,28 @@ def events(
         yield record
 
 
+def event_matcher(
+    *,
+    since: str | None = None,
+    key: str | None = None,
+    executor: str | None = None,
+    types: tuple[str, ...] = (),
+) -> Callable[[dict[str, Any]], bool]:
+    """Whether a raw record passes replay's filters (``until`` is the reader's: a record
+    after it is not consumed at all)."""
+
+    def matches(raw: dict[str, Any]) -> bool:
+        if since is not None and raw["ts"] < since:
+            return False
+        if key is not None and raw["key"] != key:
+            return False
+        if types and raw["type"] not in types:
+            return False
+        return executor is None or _executor_of(journal.Record.from_raw(raw)) == executor
+
+    return matches
+
+
 def _executor_of(record: journal.Record) -> str | None:
     data = record.data or {}
     if "executor_id" in data:

@@ -20,6 +20,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -283,6 +284,23 @@ class Setup:
         wait_settled(self.home)  # a detached reconciler settles it after the hook exits
         assert f"executor:{executor}" in journal.load(self.home)
 
+    def cursor(self) -> str:
+        """The cursor of the first record of the history."""
+        done = self.run(["replay"])
+        assert done.returncode == 0, done.stderr
+        return str(json.loads(done.stdout.splitlines()[0])["cursor"])
+
+    def follow(self, words: list[str]) -> int:
+        """Run a ``replay -f`` until it printed a line, then end it as a user does (^C)."""
+        with tempfile.TemporaryFile() as out:
+            proc = subprocess.Popen([str(self.script), *words], stdout=out, env=self.env)
+            deadline = time.monotonic() + 300
+            while proc.poll() is None and out.seek(0, os.SEEK_END) == 0:
+                assert time.monotonic() < deadline, f"{words}: printed nothing"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            return proc.wait(timeout=300)
+
     def fresh_key(self) -> str:
         """A key the cache holds, for a command that forgets it."""
         self.executors += 1
@@ -316,6 +334,7 @@ class Setup:
             "--claude-version": "2.1.332",
             "--since": "1h",
             "--until": "2099-01-01",
+            "--at": "2099-01-01",
             "--key": "executor:e-1",
             "--executor": "e-1",
             "--type": "session.reconciled",
@@ -323,6 +342,9 @@ class Setup:
             "--session-id": "s-doc",
             "--payload": '{"session_id": "s-doc"}',
             "--psql": str(bundled_psql()),
+            "--cursor": self.cursor(),
+            "--after-cursor": self.cursor(),
+            "--cursor-file": str(self.scratch / f"cursor-{next(self.dirs)}"),  # a new one
             **DEMO_SIZE,
         }
         if flag in by_flag:
@@ -371,6 +393,11 @@ def test_every_documented_command_line_runs_and_exits_0(setup):
         argv = setup.fill(words)
         if parse(words)[1] == "hook":
             setup.hook("e-1", f"s-doc-{len(failed)}-{time.monotonic_ns()}", argv)
+            continue
+        if "-f" in words:  # a follow: ends on ^C, with 0
+            code = setup.follow(argv)
+            if code != 0:
+                failed.append((where, shlex.join(argv), code, ""))
             continue
         done = setup.run(argv)
         if done.returncode != expected_code(words, done.returncode):

@@ -1,0 +1,513 @@
+"""Reading the history from a position, and following it: exact, resumable cursors.
+
+The design is in docs/architecture.md ("Replay cursors"). In short: records are read
+from every journal (``journal/`` and ``archive/``, wherever a compaction put it by
+then), merged in event id order, and the position reached is a *cursor*: for each
+journal, how many of its bytes were consumed. Not a time: an outcome is stamped with
+the microsecond of the observation it answers, so a record written now may sort hours
+before records delivered already, and a time would skip it.
+
+A cursor would name every journal ever read. Three facts keep it to the journals being
+written, or read out of order, at that instant:
+
+- ``m``, a file time: a journal whose last write (mtime) is before ``m`` existed at a
+  listing this reader made and read to its end (``m`` is that listing's start less
+  :data:`CLOCK_MARGIN_US`);
+- ``p``, the greatest event id consumed: the merge reads the least next record first,
+  so what a finished journal had consumed is its longest prefix of records at or
+  before ``p``;
+- the entries: each journal whose state those two do not imply, with its byte offset
+  (and whether it was read to its end, finished).
+
+A journal is *finished* when it is in ``archive/`` or no writer holds its lock: writers
+never reopen a journal, so a finished journal never changes. Read to its end, *done*.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from journal._errors import CursorError, CursorPrunedError
+from journal._hit import (
+    ARCHIVE_DIR,
+    JOURNAL_DIR,
+    JOURNAL_SUFFIX,
+    MAX_LINE,
+    decode,
+    list_files,
+    open_regular,
+)
+from journal._read import describe, writer_gone
+
+CURSOR_VERSION = "1"
+# The size cursors are held to (tests/test_replay_cursor.py): about 100 journals named at
+# once; a cursor names only those being written or read out of order (docs/architecture.md).
+MAX_CURSOR = 4096
+CLOCK_MARGIN_US = 1_000_000  # how far a file's mtime may lag the listing that missed it
+_NAME_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyz-")
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _encode_name(name: str) -> str:
+    stem = name[: -len(JOURNAL_SUFFIX)] if name.endswith(JOURNAL_SUFFIX) else name
+    if stem and _NAME_CHARS.issuperset(stem) and name.endswith(JOURNAL_SUFFIX):
+        return stem
+    return "~" + name.encode("utf-8", "surrogateescape").hex()
+
+
+def _decode_name(text: str) -> str:
+    if text.startswith("~"):
+        return bytes.fromhex(text[1:]).decode("utf-8", "surrogateescape")
+    if not text or not _NAME_CHARS.issuperset(text):
+        raise ValueError(text)
+    return text + JOURNAL_SUFFIX
+
+
+class Cursor:
+    """A position in the history: opaque text for users (:meth:`text`, :meth:`parse`).
+
+    ``m``: file time (microseconds); ``p``: the greatest event id consumed ("" if none);
+    ``last``: (journal, byte offset where it starts) of the last record consumed, for
+    ``--cursor`` (inclusive); ``entries``: journal name -> (offset, done).
+    """
+
+    __slots__ = ("entries", "last", "m", "p")
+
+    def __init__(
+        self,
+        m: int,
+        p: str,
+        entries: dict[str, tuple[int, bool]],
+        last: tuple[str, int] | None = None,
+    ) -> None:
+        self.m = m
+        self.p = p
+        self.entries = entries
+        self.last = last
+
+    def text(self) -> str:
+        last = "" if self.last is None else f"{_encode_name(self.last[0])}_{self.last[1]:x}"
+        parts = [CURSOR_VERSION, f"{self.m:x}", self.p.replace("-", ""), last]
+        for name, (offset, done) in sorted(self.entries.items()):
+            parts.append(f"{_encode_name(name)}_{offset:x}{'z' if done else ''}")
+        return ".".join(parts)
+
+    @classmethod
+    def parse(cls, text: str) -> Cursor:
+        """The cursor ``text`` denotes; :class:`CursorError` if it is not one."""
+        text = text.strip()
+        try:
+            if len(text) > 16 * MAX_CURSOR:
+                raise ValueError("too long")
+            version, m, p, last, *rest = text.split(".")
+            if version != CURSOR_VERSION:
+                raise ValueError(version)
+            if p and (len(p) != 32 or int(p, 16) < 0):
+                raise ValueError(p)
+            pid = f"{p[:8]}-{p[8:12]}-{p[12:16]}-{p[16:20]}-{p[20:]}" if p else ""
+            last_at = None
+            if last:
+                name, _, offset = last.rpartition("_")
+                last_at = (_decode_name(name), int(offset, 16))
+            entries: dict[str, tuple[int, bool]] = {}
+            for part in rest:
+                name, _, offset = part.rpartition("_")
+                done = offset.endswith("z")  # not a hex digit
+                entries[_decode_name(name)] = (int(offset.removesuffix("z"), 16), done)
+            return cls(int(m, 16), pid, entries, last_at)
+        except (ValueError, UnicodeDecodeError):
+            raise CursorError(
+                f"not a cursor: {text[:60]!r}{'...' if len(text) > 60 else ''} (a cursor is "
+                "the text replay prints in each record's cursor field or with --show-cursor)"
+            ) from None
+
+    def inclusive(self) -> Cursor:
+        """The position just before the last record this cursor consumed."""
+        if self.last is None:
+            return self
+        entries = dict(self.entries)
+        entries[self.last[0]] = (self.last[1], False)
+        return Cursor(self.m, self.p, entries, None)
+
+
+class _Journal:
+    """One journal as the reader knows it."""
+
+    __slots__ = (
+        "after",
+        "done",
+        "enc",
+        "finished",
+        "first",
+        "head",
+        "mtime",
+        "name",
+        "offset",
+        "segment",
+        "stream",
+    )
+
+    def __init__(self, name: str, offset: int, done: bool, mtime: int) -> None:
+        self.name = name
+        self.enc = _encode_name(name)
+        self.segment = ("", -1, False)  # the cursor's text for it, for (offset, done)
+        # The event id of the next record not consumed, "" at its end, None if unknown.
+        self.after: str | None = None
+        self.offset = offset  # bytes consumed: the end of the last line consumed
+        self.done = done  # finished and read to its end: it never changes again
+        self.mtime = mtime  # microseconds, from the latest listing that saw it
+        self.first: str | None = None  # the first event id seen in it, once known
+        self.finished = False
+        self.stream: IO[bytes] | None = None
+        # The next record not consumed yet: (raw record, the end of its line).
+        self.head: tuple[dict[str, Any], int, bytes] | None = None
+
+
+class HistoryReader:
+    """Records from a position (a :class:`Cursor`, or the start), merged in event id
+    order, each with the cursor just after it; with :meth:`follow`, then the records
+    written since, until ``stop()`` says so.
+
+    ``errors`` names what could not be read (an I/O error): never taken for absence.
+    """
+
+    def __init__(
+        self, home: Path | str, cursor: Cursor | None = None, until: str | None = None
+    ) -> None:
+        self.home = Path(home)
+        self._until = until  # a record after this timestamp is neither read nor consumed
+        self.errors: list[str] = []
+        self._table: dict[str, _Journal] = {}
+        # The journals a cursor may have to name: read from, or resumed part-way.
+        self._held: dict[str, _Journal] = {}
+        # Done journals dropped from the table, by name, while they are still listed:
+        # listing them again costs no stat.
+        self._forgotten: set[str] = set()
+        self._entries: str | None = None  # the journals a cursor names (None: to compute)
+        self._start = cursor
+        self._p = cursor.p if cursor is not None else ""
+        # Below which a journal not in the table was consumed (see the module docstring).
+        self._m = cursor.m if cursor is not None else 0
+        self._forget_below = 0  # done journals older than this leave the table
+        self._last: tuple[str, int] | None = None
+        self._passes = 0
+        self.consumed = 0  # records consumed so far
+        self.line = b""  # the line of the record last yielded, as written (format v1)
+
+    # -- the position -------------------------------------------------------------------
+
+    def cursor(self) -> Cursor:
+        """The position after every record consumed so far."""
+        return Cursor.parse(self.cursor_text())
+
+    def cursor_text(self) -> str:
+        """:meth:`cursor` as text. It is computed for every record printed, so the part
+        naming journals is kept, and computed again only when a journal's entry may have
+        changed: when the merge opens, reads from or ends a journal, and at each pass.
+        Between those, ``p`` grows only to the record just read: a journal in the merge
+        has its next record after it (the merge takes the least), one not in it yet its
+        first (the merge opens a journal before reading past its first record), and one
+        read to its end has nothing left; so no other journal's entry changes."""
+        m, p, last = self._m, self._p, self._last
+        if self._entries is None:
+            self._entries = ".".join(
+                s for s in (self._segment(j) for j in self._held.values()) if s is not None
+            )
+        head = "" if last is None else f"{_encode_name(last[0])}_{last[1]:x}"
+        if self._entries:
+            return f"{CURSOR_VERSION}.{m:x}.{p.replace('-', '')}.{head}.{self._entries}"
+        return f"{CURSOR_VERSION}.{m:x}.{p.replace('-', '')}.{head}"
+
+    def _segment(self, j: _Journal) -> str | None:
+        """What a cursor says of journal ``j`` now; None if the rules imply it."""
+        m, p = self._m, self._p
+        if j.finished and j.mtime < m and j.after is not None and (not j.after or j.after > p):
+            return None  # what it consumed is its longest prefix at or before p: the rule
+        if j.offset == 0 and not j.done and (j.first is None or j.first > p or j.mtime >= m):
+            return None  # nothing consumed, and the rules read it whole
+        text, offset, done = j.segment
+        if offset != j.offset or done != j.done:
+            text = f"{j.enc}_{j.offset:x}{'z' if j.done else ''}"
+            j.segment = (text, j.offset, j.done)
+        return text
+
+    # -- reading ------------------------------------------------------------------------
+
+    def read(self, stop: Callable[[], bool] = lambda: False) -> Iterator[dict[str, Any]]:
+        """One pass: every record written so far and not consumed yet, merged."""
+        listed_at = _now_us()
+        names = self._list()
+        if self._passes == 0:
+            self._m = min(self._m, listed_at - CLOCK_MARGIN_US) if self._start else 0
+            self._m = self._m or listed_at - CLOCK_MARGIN_US
+        for name, mtime in names.items():
+            known = self._table.get(name)
+            if known is not None:
+                known.mtime = mtime
+            elif self._passes == 0:
+                self._table[name] = self._resumed(name, mtime)
+            elif mtime >= self._forget_below:
+                self._table[name] = _Journal(name, 0, False, mtime)
+            # else: a done journal this reader forgot (consumed)
+        if self._passes == 0 and self._start is not None:
+            self._check_pruned(names)
+        yield from self._merge(stop)
+        self._passes += 1
+        # Done journals older than this listing (less the margin) are forgotten: one this
+        # reader has not seen is newer than the listing (docs/architecture.md).
+        self._forget_below = self._m = listed_at - CLOCK_MARGIN_US
+        self._entries = None
+        for name in [n for n, j in self._table.items() if j.done and j.mtime < self._m]:
+            if self._last is None or self._last[0] != name:
+                del self._table[name]
+                self._held.pop(name, None)
+                self._forgotten.add(name)
+
+    def follow(
+        self,
+        stop: Callable[[], bool],
+        idle: Callable[[], None] = lambda: None,
+        poll_s: float = 0.25,
+    ) -> Iterator[dict[str, Any]]:
+        """Pass after pass until ``stop()``; ``idle()`` is called between passes."""
+        while not stop():
+            yield from self.read(stop)
+            if stop():
+                return
+            idle()
+            deadline = time.monotonic() + poll_s
+            while not stop() and time.monotonic() < deadline:
+                time.sleep(min(0.05, poll_s))
+
+    def _list(self) -> dict[str, int]:
+        """Journal name -> mtime (us), ``journal/`` listed before ``archive/``: a journal
+        archived between the two listings is in the second."""
+        found: dict[str, int] = {}
+        listed: set[str] = set()
+        for directory in (JOURNAL_DIR, ARCHIVE_DIR):
+            try:
+                paths = list_files(self.home / directory, JOURNAL_SUFFIX)
+            except OSError as exc:
+                self._note(describe(self.home / directory, exc))
+                continue
+            for path in paths:
+                name = os.path.basename(path)
+                if name in found or name in listed:
+                    continue
+                listed.add(name)
+                known = self._table.get(name)
+                if name in self._forgotten or (known is not None and known.done):
+                    continue  # done for good: its mtime is known, or no longer needed
+                try:
+                    found[name] = os.lstat(path).st_mtime_ns // 1000
+                except FileNotFoundError:
+                    found[name] = self._mtime(name) if directory == JOURNAL_DIR else -1
+                except OSError as exc:
+                    self._note(describe(path, exc))
+        # A forgotten journal no longer listed (pruned) never comes back: the set stays
+        # as large as the directories, not as the history followed.
+        self._forgotten &= listed
+        return {n: t for n, t in found.items() if t >= 0}
+
+    def _mtime(self, name: str) -> int:
+        try:
+            return os.lstat(self.home / ARCHIVE_DIR / name).st_mtime_ns // 1000
+        except OSError:
+            return -1
+
+    def _resumed(self, name: str, mtime: int) -> _Journal:
+        """A journal as the starting cursor leaves it."""
+        start = self._start
+        if start is None:
+            return _Journal(name, 0, False, mtime)
+        if name in start.entries:
+            offset, done = start.entries[name]
+            self._held[name] = _Journal(name, offset, done, mtime)
+            return self._held[name]
+        j = _Journal(name, 0, False, mtime)
+        if mtime < start.m and start.p:  # its longest prefix at or before p was consumed
+            stream = self._open(j)
+            if stream is None:
+                return j
+            with stream:
+                head = self._next(j, stream, 0)
+                while head is not None and head[0]["id"] <= start.p:
+                    j.first = j.first or head[0]["id"]
+                    j.offset = head[1]
+                    head = self._next(j, stream, j.offset)
+            j.after = "" if head is None else head[0]["id"]
+            if head is None and j.finished:
+                j.done = True
+            if j.offset:
+                self._held[name] = j
+                self._entries = None
+        return j
+
+    def _check_pruned(self, names: dict[str, int]) -> None:
+        assert self._start is not None
+        for name, (offset, done) in self._start.entries.items():
+            if name not in names and not done and offset > 0:
+                raise CursorPrunedError(
+                    f"the cursor points into history that is gone: journal {name} was "
+                    "pruned from archive/ (retention) before it was read to its end; "
+                    "start from the oldest retained record: replay without --cursor, "
+                    "--after-cursor or --cursor-file (or remove the cursor file)"
+                )
+
+    def _open(self, j: _Journal) -> IO[bytes] | None:
+        """Open a journal where it is now, positioned at its offset; learn whether it is
+        finished. None if it is gone (pruned) or unreadable (noted)."""
+        for directory in (JOURNAL_DIR, ARCHIVE_DIR):
+            path = self.home / directory / j.name
+            try:
+                fd = open_regular(path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                self._note(describe(path, exc))
+                return None
+            if fd is None:
+                j.done = True  # not a regular file: nothing to read, ever
+                return None
+            # Finished first, then read to the end: then nothing is missed.
+            j.finished = directory == ARCHIVE_DIR or writer_gone(path) is True
+            if j.finished:  # its mtime now is for good: the one the cursor's rules need
+                try:
+                    j.mtime = os.fstat(fd).st_mtime_ns // 1000
+                except OSError as exc:
+                    os.close(fd)
+                    self._note(describe(path, exc))
+                    return None
+            stream = os.fdopen(fd, "rb")
+            stream.seek(j.offset)
+            return stream
+        return None
+
+    def _peek(self, j: _Journal) -> str | None:
+        """The event id of the first record at or after ``j.offset`` (None if none)."""
+        stream = self._open(j)
+        if stream is None:
+            return None
+        with stream:
+            head = self._next(j, stream, j.offset)
+        j.after = "" if head is None else head[0]["id"]
+        return j.after or None
+
+    def _next(
+        self, j: _Journal, stream: IO[bytes], at: int
+    ) -> tuple[dict[str, Any], int, bytes] | None:
+        """The next record from byte ``at`` of ``stream``, with the end of its line and the
+        line; lines that hold no record are consumed on the way (``j.offset`` moves past
+        them)."""
+        while True:
+            try:
+                line = stream.readline(MAX_LINE + 1)
+            except OSError as exc:
+                self._note(describe(j.name, exc))
+                return None
+            if not line:
+                return None
+            if not line.endswith(b"\n"):
+                if len(line) <= MAX_LINE:
+                    if j.finished:  # torn: its writer is gone, it never ends
+                        j.offset = at + len(line)
+                    return None  # a line being written: for a later pass
+                end = at + len(line)  # oversize: skipped whole
+                while not line.endswith(b"\n"):
+                    line = stream.readline(1 << 16)
+                    if not line:
+                        return None
+                    end += len(line)
+                j.offset = at = end
+                continue
+            end = at + len(line)
+            record, _ = decode(line[:-1])
+            if record is None:
+                if j.offset == at:
+                    j.offset = end  # not a record: consumed silently (compact counts it)
+                at = end
+                continue
+            return record, end, line
+
+    def _merge(self, stop: Callable[[], bool]) -> Iterator[dict[str, Any]]:
+        """Read every journal not done to its current end, records merged by event id."""
+        upcoming: list[tuple[str, str]] = []
+        for j in self._table.values():
+            if j.done:
+                continue
+            first = self._peek(j)
+            if first is None:
+                self._settle(j)
+                continue
+            if j.offset == 0 or j.first is None:
+                j.first = j.first or first
+            upcoming.append((first, j.name))
+        upcoming.sort(reverse=True)
+        self._entries = None  # the peeks moved what they found
+        active: list[tuple[str, str]] = []
+        try:
+            while (active or upcoming) and not stop():
+                while upcoming and (not active or upcoming[-1][0] <= active[0][0]):
+                    _, name = upcoming.pop()
+                    j = self._table[name]
+                    j.stream = self._open(j)
+                    if j.stream is not None:
+                        j.head = self._next(j, j.stream, j.offset)
+                    j.after = "" if j.head is None else j.head[0]["id"]
+                    if j.head is not None:
+                        heapq.heappush(active, (j.head[0]["id"], name))
+                        self._held[name] = j
+                        self._entries = None
+                    else:
+                        self._settle(j)
+                if not active:
+                    continue
+                j = self._table[active[0][1]]
+                assert j.head is not None and j.stream is not None
+                record, end, self.line = j.head
+                if self._until is not None and record["ts"] > self._until:
+                    return  # the rest sorts after it: left for a cursor to resume from
+                _, name = heapq.heappop(active)
+                before = self._segment(j)
+                self._last = (name, j.offset)
+                j.offset = end
+                self.consumed += 1
+                if record["id"] > self._p:
+                    self._p = record["id"]
+                j.head = self._next(j, j.stream, end)
+                j.after = "" if j.head is None else j.head[0]["id"]
+                if j.head is not None:
+                    heapq.heappush(active, (j.head[0]["id"], name))
+                else:
+                    self._settle(j)
+                if before is not None or self._segment(j) is not None:
+                    self._entries = None  # its entry changed
+                yield record
+        finally:
+            for j in self._table.values():
+                if j.stream is not None:
+                    j.stream.close()
+                    j.stream = None
+                    j.head = None
+
+    def _settle(self, j: _Journal) -> None:
+        """At a journal's current end: done if finished, kept for the next pass if not."""
+        if j.stream is not None:
+            j.stream.close()
+            j.stream = None
+        j.head = None
+        if j.finished:
+            j.done = True
+        self._entries = None
+
+    def _note(self, message: str) -> None:
+        if message not in self.errors:
+            self.errors.append(message)
