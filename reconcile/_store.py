@@ -410,17 +410,8 @@ def decide(
     timeout, or the statement ran past the statement timeout, on a connection still
     usable: a failure of that key alone. :class:`DatabaseUnavailableError` for the rest.
     """
-    params = {
-        "timeout_ms": str(max(1, int(deadline_s * 1000))),
-        "session_id": session_id,
-        "event_id": event_id,
-        "executor_id": executor_id,
-        "agent_id": agent_id,
-        "agent_name": agent_name,
-        "team": team,
-        "actor": agent_name or agent_id,
-        "observed_us": observed_us,
-    }
+    params = _parameters(session_id, executor_id, agent_id, agent_name, team, deadline_s)
+    params.update(event_id=event_id, observed_us=observed_us)
     try:  # the server's timeouts first (they fail this row alone), then the client's
         with deadline(deadline_s + CLIENT_MARGIN_S), psycopg.ClientCursor(conn) as cur:
             cur.execute(RECONCILE_SQL, params)
@@ -455,16 +446,8 @@ def preview(
     """What :func:`decide` would decide now, read-only: a ``READ ONLY`` transaction, no
     row lock, nothing written. ``Decision.audited`` says whether the settlement would
     write an audit row. Raises as :func:`decide` does (but takes no lock to time out)."""
-    params = {
-        "timeout_ms": str(max(1, int(deadline_s * 1000))),
-        "session_id": session_id,
-        "executor_id": executor_id,
-        "agent_id": agent_id,
-        "agent_name": agent_name,
-        "team": team,
-        "actor": agent_name or agent_id,
-        "observed_us": observed_us,
-    }
+    params = _parameters(session_id, executor_id, agent_id, agent_name, team, deadline_s)
+    params.update(observed_us=observed_us)
     try:
         with (
             deadline(deadline_s + CLIENT_MARGIN_S),
@@ -482,6 +465,26 @@ def preview(
         return Decision("no_executor")
     outcome, executor, stored, state, actor, team_found, audited = row
     return Decision(outcome, executor, stored, state, actor, team_found, bool(audited))
+
+
+def _parameters(
+    session_id: str,
+    executor_id: str | None,
+    agent_id: str | None,
+    agent_name: str | None,
+    team: str | None,
+    deadline_s: float,
+) -> dict[str, Any]:
+    """The parameters :data:`RECONCILE_SQL` and :data:`PREVIEW_SQL` share."""
+    return {
+        "timeout_ms": str(max(1, int(deadline_s * 1000))),
+        "session_id": session_id,
+        "executor_id": executor_id,
+        "agent_id": agent_id,
+        "agent_name": agent_name,
+        "team": team,
+        "actor": agent_name or agent_id,
+    }
 
 
 def insert_audit_rows(conn: psycopg.Connection, rows: Iterable[tuple[Any, ...]]) -> int:
