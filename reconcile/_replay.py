@@ -211,6 +211,18 @@ def _row_values(record: journal.Record) -> list[str | None]:
     return [data.get(f) for f in fields if f in data and f not in cut]
 
 
+def _reachable(successors: Mapping[str | None, set[str]], start: str | None) -> set[str]:
+    """The values a chain of journaled changes leads to from ``start``."""
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for value in successors.get(todo.pop(), ()):
+            if value not in seen:
+                seen.add(value)
+                todo.append(value)
+    return seen
+
+
 def _restore_rows(settings: Settings, conn: Any, changes: _Changes) -> tuple[int, int]:
     """Put back, on each executor row that went back in time, the session the journal's
     latest change wrote; return (rows restored, differing rows left alone).
@@ -239,14 +251,23 @@ def _restore_rows(settings: Settings, conn: Any, changes: _Changes) -> tuple[int
     if not differing:
         return 0, 0
     known: set[str] = set()  # executors whose found value the journal knows as older
+    # Each differing executor's journaled changes, old -> new: a row's value that a chain
+    # of changes leads to from the session the latest change wrote came after it (a
+    # change settled late, after a later-stamped one), not before.
+    successors: dict[str, dict[str | None, set[str]]] = {e: {} for e in differing}
     for record in journal.history(settings.home):
         named = (record.data or {}).get("executor_id")
-        if (
-            isinstance(named, str)
-            and named in differing
-            and differing[named][0] in _row_values(record)
-        ):
+        if not isinstance(named, str) or named not in differing:
+            continue
+        values = _row_values(record)
+        if differing[named][0] in values:
             known.add(named)
+        if record.type == RECONCILED and len(values) == 2:
+            successors[named].setdefault(values[0], set()).add(str(values[1]))
+    for executor in list(known):
+        wrote = (candidates[executor].data or {}).get("new_session_id")
+        if differing[executor][0] in _reachable(successors[executor], wrote):
+            known.discard(executor)
     restored = 0
     for executor, (found, state) in differing.items():
         if executor not in known or state in TERMINAL_STATES:

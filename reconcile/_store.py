@@ -246,7 +246,7 @@ RESTORE_SQL = """
 UPDATE executors SET claude_session_id = %(session_id)s::text, updated_at = now()
 WHERE id = %(executor_id)s::text
   AND claude_session_id IS NOT DISTINCT FROM %(found)s::text
-  AND state NOT IN ('done', 'error', 'terminated')
+  AND NOT COALESCE(state IN ('done', 'error', 'terminated'), false)
 """
 
 

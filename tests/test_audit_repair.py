@@ -158,6 +158,25 @@ def test_replay_to_db_leaves_alone_what_the_journal_does_not_explain(home, db):
     assert "left alone:" in human and "3 rows" in human
 
 
+def test_a_row_a_late_settlement_wrote_is_not_taken_for_an_older_one(home, db):
+    """A settlement of an earlier observation (agent-keyed, delayed: a busy row) that ran
+    after the latest-stamped change: it is journaled before that change, but it changed
+    the row from that change's session. The row's value came after, not before."""
+    rotate(home, db, "e-1", "s-1", "s-2")
+    first = change_id(home, "e-1", "s-old", "s-1")
+    with journal.Writer(home) as writer:  # what the late reconciler journaled
+        writer.append(
+            "agent-name:core/alice",
+            {"executor_id": "e-1", "old_session_id": "s-2", "new_session_id": "s-late"},
+            "session.reconciled",
+            event_id=journal.event_id_next_to(first),
+        )
+    query(db, "UPDATE executors SET claude_session_id = 's-late' WHERE id = 'e-1' RETURNING id")
+    report = replay_to_db(home, db)
+    assert (report["rows_restored"], report["rows_left_alone"]) == (0, 1), report
+    assert session_of(db, "e-1") == "s-late"
+
+
 def test_a_divergence_anchor_is_never_restored_over(home, db):
     """e-2 is finished and holds its anchor: the hook's session is a preserved
     divergence. Whatever the row holds later is not the journal's to change."""
