@@ -404,9 +404,9 @@ def verify(args: Any, settings: reconcile.Settings) -> int:
         print(f"  {difference.key}: {_explain(difference)} ({difference.kind})")
     if any(d.kind == "audit_missing" for d in report.differences):
         print(
-            "next step: reconcile replay --to-db inserts the missing audit rows, once each, "
-            "and puts back rows that went back to an older session (a database restored "
-            "from a backup)"
+            "next step: the missing audit rows (once each) and rows gone back to an older "
+            "session, as after a restore from a backup, are put back by: "
+            "reconcile replay --to-db"
         )
     return 0 if report.ok else 1
 
