@@ -153,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("verify", _commands.verify, "rebuild from history and compare")
     p.add_argument("--db", action="store_true", help="compare with the database too")
     p.add_argument(
+        "--at",
+        type=_time,
+        metavar="TIME",
+        help="as of an instant (ISO-8601 or an age): the history up to it",
+    )
+    p.add_argument(
         "--transcripts",
         action="store_true",
         help="instead: each settled executor against Claude Code's transcripts on this host",

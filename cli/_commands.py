@@ -346,6 +346,18 @@ def _replay_to_db(args: Any, settings: reconcile.Settings) -> int:
                 f"{report.superseded} waiting (a later observation of their key replaced them)",
             ),
             ("audit rows", f"{report.audit_rows_inserted} missing ones inserted"),
+            (
+                "restored",
+                f"{plural(report.rows_restored, 'row')} put back on the session the "
+                "journal's latest change wrote",
+            ),
+            (
+                "left alone",
+                f"{plural(report.rows_left_alone, 'row')} holding a session the journal "
+                "does not explain, or a terminal executor's (see: reconcile verify --db)"
+                if report.rows_left_alone
+                else None,
+            ),
         ]
     )
     return 0
@@ -357,11 +369,21 @@ def verify(args: Any, settings: reconcile.Settings) -> int:
     for flag in ("key", "repair", "apply"):
         if getattr(args, flag):
             raise UsageError(f"--{flag} goes with --transcripts")
-    report = reconcile.verify(settings, db=args.db)
+    report = reconcile.verify(settings, db=args.db, at=args.at)
+    if args.at is not None and not report.history_records:
+        print(
+            f"reconcile: note: {args.at} is before the oldest retained record; what came "
+            "before, if anything, archive retention pruned",
+            file=sys.stderr,
+        )
     if args.json:
         emit_json(report.to_dict())
         return 0 if report.ok else 1
     compared = "history, cache and database" if args.db else "history and cache"
+    if args.at is not None:
+        compared = f"history up to {args.at}, the cache entries written by then" + (
+            " and the audit rows up to then" if args.db else ""
+        )
     emit_pairs(
         [
             (
@@ -380,6 +402,12 @@ def verify(args: Any, settings: reconcile.Settings) -> int:
     )
     for difference in report.differences:
         print(f"  {difference.key}: {_explain(difference)} ({difference.kind})")
+    if any(d.kind == "audit_missing" for d in report.differences):
+        print(
+            "next step: the missing audit rows (once each) and rows gone back to an older "
+            "session, as after a restore from a backup, are put back by: "
+            "reconcile replay --to-db"
+        )
     return 0 if report.ok else 1
 
 
@@ -392,6 +420,8 @@ def _explain(difference: reconcile.Difference) -> str:
     if difference.kind == "database_differs":
         held = "no session" if found is None else f"session {found!r}"
         return f"the database holds {held}; the journal says {expected!r}"
+    if difference.kind == "audit_missing":
+        return f"the database has no audit row for event {expected} ({difference.detail})"
     if difference.kind == "snapshot_differs":
         return f"the cache holds event {found}; the history's latest is {expected}"
     if difference.kind == "missing_from_cache":
@@ -407,6 +437,8 @@ def _verify_transcripts(args: Any, settings: reconcile.Settings) -> int:
 
     if args.db:
         raise UsageError("--transcripts and --db are separate checks: run one, then the other")
+    if args.at is not None:
+        raise UsageError("--at goes with verify and verify --db, not --transcripts")
     if args.apply and not args.repair:
         raise UsageError("--apply goes with --repair (which alone is a dry run)")
     if args.key is not None and ":" not in args.key:

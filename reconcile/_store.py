@@ -185,22 +185,68 @@ FROM decided d
 """
 )
 
-# An audit row for a journaled event, unless its event id is there already, or (for a
-# divergence) the same stored/live pair of the executor is audited already. The executor
-# row is locked first (statement of its own, same reason as above).
+# An audit row for a journaled event, unless its event id is there already, or the same
+# change of the executor is audited already under another id: for a divergence, the same
+# stored/live pair; for a reconciliation, the same old/new pair (session ids do not
+# recur, so the same pair twice is one change audited twice: a database restored from an
+# older backup whose row was then settled again, docs/operations.md "Restored from a
+# backup"). The executor row is locked first (statement of its own, same reason as above).
 AUDIT_LOCK_SQL = "SELECT 1 FROM executors WHERE id = %s FOR NO KEY UPDATE"
-AUDIT_SQL = """
+_SAME_CHANGE = """
+    SELECT 1 FROM audit_events x
+    WHERE x.entity_type = 'executor' AND x.entity_id = {executor}
+      AND x.event_type = {event_type}
+      AND x.details ->> {first_field} IS NOT DISTINCT FROM {first}
+      AND x.details ->> {second_field} = {second}"""
+AUDIT_SQL = (
+    """
 INSERT INTO audit_events
     (event_id, entity_type, entity_id, event_type, actor, details, created_at)
 SELECT %(event_id)s::uuid, 'executor', %(executor_id)s::text, %(event_type)s::text,
        %(actor)s::text, %(details)s, %(created_at)s::timestamptz
-WHERE %(event_type)s <> 'session.divergence_preserved' OR NOT EXISTS (
-    SELECT 1 FROM audit_events x
-    WHERE x.entity_type = 'executor' AND x.entity_id = %(executor_id)s
-      AND x.event_type = 'session.divergence_preserved'
-      AND x.details ->> 'stored_session_id' = %(stored)s
-      AND x.details ->> 'live_session_id' = %(live)s)
+WHERE NOT EXISTS ("""
+    + _SAME_CHANGE.format(
+        executor="%(executor_id)s::text",
+        event_type="%(event_type)s::text",
+        first_field="%(first_field)s::text",
+        first="%(first)s::text",
+        second_field="%(second_field)s::text",
+        second="%(second)s::text",
+    )
+    + """)
 ON CONFLICT (event_id) DO NOTHING
+"""
+)
+# Of journaled events' audit rows, those :data:`AUDIT_SQL` would insert: no row of their
+# event id, nor of the same change (``verify --db``).
+MISSING_AUDIT_SQL = (
+    """
+SELECT r.event_id::text
+FROM unnest(%(event_ids)s::uuid[], %(executor_ids)s::text[], %(event_types)s::text[],
+            %(first_fields)s::text[], %(firsts)s::text[],
+            %(second_fields)s::text[], %(seconds)s::text[])
+    AS r(event_id, executor_id, event_type, first_field, first, second_field, second)
+WHERE NOT EXISTS (SELECT 1 FROM audit_events a WHERE a.event_id = r.event_id)
+  AND NOT EXISTS ("""
+    + _SAME_CHANGE.format(
+        executor="r.executor_id",
+        event_type="r.event_type",
+        first_field="r.first_field",
+        first="r.first",
+        second_field="r.second_field",
+        second="r.second",
+    )
+    + """)
+"""
+)
+# Put back the session a journaled change wrote, on a row that went back to an older
+# value (``replay --to-db``): only if the row still holds that older value and its
+# executor is not terminal (a terminal executor's session is its recovery anchor).
+RESTORE_SQL = """
+UPDATE executors SET claude_session_id = %(session_id)s::text, updated_at = now()
+WHERE id = %(executor_id)s::text
+  AND claude_session_id IS NOT DISTINCT FROM %(found)s::text
+  AND NOT COALESCE(state IN ('done', 'error', 'terminated'), false)
 """
 
 
@@ -487,27 +533,102 @@ def _parameters(
     }
 
 
+def _change(event_type: str, details: dict[str, Any] | None) -> dict[str, Any]:
+    """What identifies an audited change besides its executor and type: the two session
+    ids of its details (old/new for a reconciliation, stored/live for a divergence)."""
+    details = details or {}
+    first, second = (
+        ("old_session_id", "new_session_id")
+        if event_type == "session.reconciled"
+        else ("stored_session_id", "live_session_id")
+    )
+    return {
+        "first_field": first,
+        "first": details.get(first),
+        "second_field": second,
+        "second": details.get(second),
+    }
+
+
+def _audit_params(row: tuple[Any, ...]) -> dict[str, Any]:
+    event_id, executor_id, event_type, actor, details, created_at = row
+    return {
+        "event_id": event_id,
+        "executor_id": executor_id,
+        "event_type": event_type,
+        "actor": actor,
+        "details": Jsonb(details),
+        "created_at": created_at,
+        **_change(event_type, details),
+    }
+
+
 def insert_audit_rows(conn: psycopg.Connection, rows: Iterable[tuple[Any, ...]]) -> int:
     """Insert audit rows ``(event_id, executor_id, event_type, actor, details, created_at)``
-    unless their event id is already there (or, for a divergence, its executor's
-    stored/live pair is audited already); return how many were new."""
+    unless their event id is already there, or the same change of the executor is
+    audited already (:data:`AUDIT_SQL`); return how many were new."""
     inserted = 0
     with conn.transaction(), conn.cursor() as cur:
-        for event_id, executor_id, event_type, actor, details, created_at in rows:
-            cur.execute(AUDIT_LOCK_SQL, (executor_id,), prepare=False)
-            params = {
-                "event_id": event_id,
-                "executor_id": executor_id,
-                "event_type": event_type,
-                "actor": actor,
-                "details": Jsonb(details),
-                "created_at": created_at,
-                "stored": (details or {}).get("stored_session_id"),
-                "live": (details or {}).get("live_session_id"),
-            }
-            cur.execute(AUDIT_SQL, params, prepare=False)
+        for row in rows:
+            cur.execute(AUDIT_LOCK_SQL, (row[1],), prepare=False)
+            cur.execute(AUDIT_SQL, _audit_params(row), prepare=False)
             inserted += cur.rowcount
     return inserted
+
+
+def missing_audit_rows(conn: psycopg.Connection, rows: Iterable[tuple[Any, ...]]) -> list[str]:
+    """The event ids, among audit rows as :func:`insert_audit_rows` takes them, that
+    :func:`insert_audit_rows` would insert: read-only."""
+    columns: dict[str, list[Any]] = {
+        name: []
+        for name in (
+            "event_ids",
+            "executor_ids",
+            "event_types",
+            "first_fields",
+            "firsts",
+            "second_fields",
+            "seconds",
+        )
+    }
+    for event_id, executor_id, event_type, _, details, _ in rows:
+        change = _change(event_type, details)
+        for name, value in (
+            ("event_ids", event_id),
+            ("executor_ids", executor_id),
+            ("event_types", event_type),
+            ("first_fields", change["first_field"]),
+            ("firsts", change["first"]),
+            ("second_fields", change["second_field"]),
+            ("seconds", change["second"]),
+        ):
+            columns[name].append(value)
+    if not columns["event_ids"]:
+        return []
+    found = conn.execute(MISSING_AUDIT_SQL, columns, prepare=False).fetchall()
+    return [event_id for (event_id,) in found]
+
+
+def restore_session(
+    conn: psycopg.Connection,
+    *,
+    executor_id: str,
+    found: str | None,
+    session_id: str,
+    audit_row: tuple[Any, ...],
+) -> bool:
+    """Put ``session_id`` back on an executor row that holds ``found`` (an older value),
+    with the audit row of the journaled change that wrote it (inserted as
+    :func:`insert_audit_rows` does: once), in one transaction; False, writing nothing,
+    when the row holds anything else by then or its executor is terminal."""
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(AUDIT_LOCK_SQL, (executor_id,), prepare=False)
+        params = {"executor_id": executor_id, "found": found, "session_id": session_id}
+        cur.execute(RESTORE_SQL, params, prepare=False)
+        if cur.rowcount != 1:
+            return False
+        cur.execute(AUDIT_SQL, _audit_params(audit_row), prepare=False)
+    return True
 
 
 def executor_sessions(
