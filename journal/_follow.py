@@ -160,6 +160,7 @@ _TS_HEAD = b'","ts":"'
 _TS_AT = _ID_AT + 36 + len(_TS_HEAD)
 _REC_HEAD_SLICE = slice(BODY_START, _ID_AT)
 _TS_HEAD_SLICE = slice(_ID_AT + 36, _TS_AT)
+_LINE_LIMIT = MAX_LINE + 1
 _TYPES_SEEN: set[str] = set()  # record types found printable already (few distinct ones)
 
 
@@ -330,8 +331,8 @@ class HistoryReader:
         # Below which a journal not in the table was consumed (see the module docstring).
         self._m = cursor.m if cursor is not None else 0
         self._forget_below = 0  # done journals older than this leave the table
-        self._last: tuple[str, int] | None = None
-        self._last_text = ""  # self._last as a cursor says it
+        self._last_name: str | None = None  # the journal of the last record consumed
+        self._last_text = ""  # it, and where that record starts, as a cursor says it
         self._passes = 0
         self.consumed = 0  # records consumed so far
         self.line = b""  # the line of the record last yielded, as written (format v1)
@@ -399,7 +400,7 @@ class HistoryReader:
         self._forget_below = self._m = listed_at - CLOCK_MARGIN_US
         self._entries = None
         for name in [n for n, j in self._table.items() if j.done and j.mtime < self._m]:
-            if self._last is None or self._last[0] != name:
+            if self._last_name != name:
                 del self._table[name]
                 self._held.pop(name, None)
                 self._forgotten.add(name)
@@ -590,9 +591,12 @@ class HistoryReader:
         upcoming.sort(reverse=True)
         self._entries = None  # the peeks moved what they found
         active: list[tuple[str, str]] = []
-        table, until = self._table, self._until
+        table, until, want, n = self._table, self._until, self._want, 0
         try:
-            while (active or upcoming) and not stop():
+            while active or upcoming:
+                if not n & 63 and stop():  # asked every 64 records: a call costs
+                    break
+                n += 1
                 while upcoming and (not active or upcoming[-1][0] <= active[0][0]):
                     _, name = upcoming.pop()
                     j = self._table[name]
@@ -610,18 +614,30 @@ class HistoryReader:
                     continue
                 name = active[0][1]
                 j = table[name]
-                assert j.head is not None and j.stream is not None
-                record, end, line, event_id, ts = j.head
+                record, end, line, event_id, ts = j.head  # type: ignore[misc]
                 if until is not None and ts > until:
                     return  # the rest sorts after it: left for a cursor to resume from
                 before = self._segment(j)
-                self._last = (name, j.offset)
+                self._last_name = name
                 self._last_text = f"{j.enc}_{j.offset:x}"
                 j.offset = end
                 self.consumed += 1
                 if event_id > self._p:
                     self._p = event_id
-                j.head = head = self._next(j, j.stream, end)
+                # The next line: decoded here when it is a whole record (most are), else
+                # read again by _next, which knows what to do with every other line.
+                stream: IO[bytes] = j.stream  # type: ignore[assignment]
+                following = stream.readline(_LINE_LIMIT)
+                if (
+                    want is None
+                    and following[-1:] == b"\n"
+                    and (got := _record(following)) is not None
+                ):
+                    head: Head | None = (got, end + len(following), following, got["id"], got["ts"])
+                else:
+                    stream.seek(end)
+                    head = self._next(j, stream, end)
+                j.head = head
                 if head is not None:
                     j.after = head[3]
                     heapq.heapreplace(active, (head[3], name))
