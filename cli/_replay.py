@@ -104,7 +104,7 @@ def run(args: Any, settings: reconcile.Settings) -> int:
     printed = out.records
     if args.show_cursor and not gone:
         stream = sys.stdout if output == "short" else sys.stderr
-        stream.write(f"-- cursor: {reader.cursor_text()}\n")
+        stream.write(f"-- cursor: {saver.position()}\n")
     for error in reader.errors:
         print(f"reconcile: could not read {error}; its records are missing", file=sys.stderr)
     if printed == 0 and args.key and not gone:  # a filter: no event is an answer (exit 0)
