@@ -617,7 +617,14 @@ class HistoryReader:
                 record, end, line, event_id, ts = j.head  # type: ignore[misc]
                 if until is not None and ts > until:
                     return  # the rest sorts after it: left for a cursor to resume from
-                before = self._segment(j)
+                # Its entry before and after (see _segment, whose first rule, the common
+                # one, is inlined: a finished journal whose next record sorts after p).
+                m, p = self._m, self._p
+                before = (
+                    None
+                    if j.finished and j.mtime < m and j.after is not None and j.after > p
+                    else self._segment(j)
+                )
                 self._last_name = name
                 self._last_text = f"{j.enc}_{j.offset:x}"
                 j.offset = end
@@ -645,7 +652,10 @@ class HistoryReader:
                     j.after = ""
                     heapq.heappop(active)
                     self._settle(j)
-                if before is not None or self._segment(j) is not None:
+                if before is not None or (
+                    not (j.finished and j.mtime < m and (not j.after or j.after > self._p))
+                    and self._segment(j) is not None
+                ):
                     self._entries = None  # its entry changed
                 if record is not None:
                     self.line = line
