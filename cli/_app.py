@@ -58,6 +58,24 @@ def _version() -> str:
         return "unknown"
 
 
+class _Version(argparse.Action):
+    """``--version``, looked up when asked: reading the package's metadata costs every
+    other command tens of milliseconds (importlib.metadata and what it imports)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS) -> None:
+        super().__init__(
+            option_strings,
+            dest,
+            default=argparse.SUPPRESS,
+            nargs=0,
+            help="show program's version number and exit",
+        )
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        print(f"{parser.prog} {_version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="reconcile",
@@ -66,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--home", help="state directory (default: $RECONCILE_HOME)")
     parser.add_argument("--database-url", help="PostgreSQL URL (default: $RECONCILE_DATABASE_URL)")
     parser.add_argument("-v", "--verbose", action="store_true", help="logs and tracebacks")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(

@@ -28,6 +28,7 @@ from __future__ import annotations
 import heapq
 import os
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -35,12 +36,21 @@ from typing import IO, Any
 from journal._errors import CursorError, CursorPrunedError
 from journal._hit import (
     ARCHIVE_DIR,
+    BODY_START,
     JOURNAL_DIR,
     JOURNAL_SUFFIX,
+    LINE_MIDDLE,
+    LINE_PREFIX,
+    MAX_KEY,
     MAX_LINE,
+    MAX_TYPE,
+    _json_string,
+    _scan_json,
     decode,
+    key_needle,
     list_files,
     open_regular,
+    printable,
 )
 from journal._read import describe, writer_gone
 
@@ -138,6 +148,116 @@ class Cursor:
         return Cursor(self.m, self.p, entries, None)
 
 
+Head = tuple[dict[str, Any] | None, int, bytes, str, str]
+
+# Where a record line's fields sit (format v1, as journal._codec writes it):
+# {"crc":"<8 hex>","rec":{"v":1,"id":"<36>","ts":"<ts>",...}}
+_CRC = slice(len(LINE_PREFIX), len(LINE_PREFIX) + 8)
+_MIDDLE = slice(BODY_START - len(LINE_MIDDLE), BODY_START)
+_REC_HEAD = b'{"v":1,"id":"'
+_ID_AT = BODY_START + len(_REC_HEAD)
+_TS_HEAD = b'","ts":"'
+_TS_AT = _ID_AT + 36 + len(_TS_HEAD)
+_REC_HEAD_SLICE = slice(BODY_START, _ID_AT)
+_TS_HEAD_SLICE = slice(_ID_AT + 36, _TS_AT)
+_LINE_LIMIT = MAX_LINE + 1
+_TYPES_SEEN: set[str] = set()  # record types found printable already (few distinct ones)
+
+
+def _record(line: bytes) -> dict[str, Any] | None:
+    """The record on ``line`` (newline included), or None: :func:`journal._hit.decode`'s
+    verdict, reached faster for the lines journal._codec writes (anything else is left
+    to ``decode`` itself)."""
+    if (
+        line[-2:] == b"}\n"
+        and line[:8] == LINE_PREFIX
+        and line[_MIDDLE] == LINE_MIDDLE
+        and len(line) > BODY_START + 2
+        and _scan_json is not None
+    ):
+        raw = line[BODY_START:-2]
+        if b"%08x" % zlib.crc32(raw) == line[_CRC]:
+            try:
+                text = raw.decode()
+                rec, end = _scan_json(text, 0)
+            except Exception:
+                return decode(line[:-1])[0]
+            if (
+                end == len(text)
+                and type(rec) is dict
+                and len(rec) == 7
+                and type(rec.get("v")) is int
+                and rec["v"] == 1
+                and type(rec.get("id")) is str
+                and type(rec.get("ts")) is str
+                and type(rec.get("pid")) is int
+                and type(key := rec.get("key")) is str
+                and 0 < len(key) <= MAX_KEY
+                and type(kind := rec.get("type")) is str
+                and (kind in _TYPES_SEEN or _printable_type(kind))
+                and ((data := rec.get("data")) is None or type(data) is dict)
+            ):
+                return rec
+    return decode(line[:-1])[0]
+
+
+def _printable_type(kind: str) -> bool:
+    if 0 < len(kind) <= MAX_TYPE and printable(kind):
+        if len(_TYPES_SEEN) < 1024:
+            _TYPES_SEEN.add(kind)
+        return True
+    return False
+
+
+def _skim(line: bytes) -> tuple[str, str] | None:
+    """(event id, timestamp) of the record on ``line`` (newline included), read from
+    their fixed places once the checksum holds; None if the line is not laid out as
+    journal._codec writes records (it is then decoded, and judged, whole)."""
+    if (
+        line[-2:] == b"}\n"
+        and line[:8] == LINE_PREFIX
+        and line[_MIDDLE] == LINE_MIDDLE
+        and line[_REC_HEAD_SLICE] == _REC_HEAD
+        and line[_TS_HEAD_SLICE] == _TS_HEAD
+    ):
+        if b"%08x" % zlib.crc32(line[BODY_START:-2]) != line[_CRC]:
+            return None
+        ts_end = line.find(b'"', _TS_AT)
+        if ts_end < 0:
+            return None
+        return line[_ID_AT : _ID_AT + 36].decode("ascii", "replace"), line[_TS_AT:ts_end].decode(
+            "ascii", "replace"
+        )
+    return None
+
+
+AGENT_KEY_PREFIXES = ("agent:", "agent-name:")  # keys of records that name no executor
+
+
+def line_filter(
+    key: str | None = None, executor: str | None = None
+) -> Callable[[bytes], bool] | None:
+    """A test on a record line's bytes that every record of ``key`` (and of executor
+    ``executor``) passes, as the hook's hit path finds a key (``journal._hit``): a line
+    that fails it is not decoded. A record of executor ``executor`` names it as an
+    ``executor_id``, or is agent-keyed (its executor is the one its outcome names,
+    docs/operations.md). None when there is nothing to test."""
+    tests: list[Callable[[bytes], bool]] = []
+    if key is not None:
+        needle = key_needle(key)
+        tests.append(lambda line: needle in line)
+    if executor is not None:
+        named = b'"executor_id":' + _json_string(executor)
+        agents = tuple(b'"key":' + _json_string(p)[:-1] for p in AGENT_KEY_PREFIXES)
+        tests.append(lambda line: named in line or any(a in line for a in agents))
+    if not tests:
+        return None
+    if len(tests) == 1:
+        return tests[0]
+    first, second = tests
+    return lambda line: first(line) and second(line)
+
+
 class _Journal:
     """One journal as the reader knows it."""
 
@@ -167,8 +287,10 @@ class _Journal:
         self.first: str | None = None  # the first event id seen in it, once known
         self.finished = False
         self.stream: IO[bytes] | None = None
-        # The next record not consumed yet: (raw record, the end of its line).
-        self.head: tuple[dict[str, Any], int, bytes] | None = None
+        # The next record not consumed yet: (raw record, the end of its line, the line,
+        # its event id, its timestamp); the raw record is None for a record a filter
+        # passed over without decoding it (see :func:`line_filter`).
+        self.head: Head | None = None
 
 
 class HistoryReader:
@@ -179,10 +301,22 @@ class HistoryReader:
     ``errors`` names what could not be read (an I/O error): never taken for absence.
     """
 
+    AGENT_KEY_PREFIXES = AGENT_KEY_PREFIXES
+
     def __init__(
-        self, home: Path | str, cursor: Cursor | None = None, until: str | None = None
+        self,
+        home: Path | str,
+        cursor: Cursor | None = None,
+        until: str | None = None,
+        *,
+        key: str | None = None,
+        executor: str | None = None,
     ) -> None:
         self.home = Path(home)
+        # With ``key`` or ``executor``, lines that certainly hold no record of them
+        # (:func:`line_filter`) are consumed in their place in the merge, as every record
+        # is, but neither decoded nor yielded: what is yielded may still not match.
+        self._want = line_filter(key, executor)
         self._until = until  # a record after this timestamp is neither read nor consumed
         self.errors: list[str] = []
         self._table: dict[str, _Journal] = {}
@@ -197,7 +331,8 @@ class HistoryReader:
         # Below which a journal not in the table was consumed (see the module docstring).
         self._m = cursor.m if cursor is not None else 0
         self._forget_below = 0  # done journals older than this leave the table
-        self._last: tuple[str, int] | None = None
+        self._last_name: str | None = None  # the journal of the last record consumed
+        self._last_text = ""  # it, and where that record starts, as a cursor says it
         self._passes = 0
         self.consumed = 0  # records consumed so far
         self.line = b""  # the line of the record last yielded, as written (format v1)
@@ -216,12 +351,11 @@ class HistoryReader:
         has its next record after it (the merge takes the least), one not in it yet its
         first (the merge opens a journal before reading past its first record), and one
         read to its end has nothing left; so no other journal's entry changes."""
-        m, p, last = self._m, self._p, self._last
+        m, p, head = self._m, self._p, self._last_text
         if self._entries is None:
             self._entries = ".".join(
                 s for s in (self._segment(j) for j in self._held.values()) if s is not None
             )
-        head = "" if last is None else f"{_encode_name(last[0])}_{last[1]:x}"
         if self._entries:
             return f"{CURSOR_VERSION}.{m:x}.{p.replace('-', '')}.{head}.{self._entries}"
         return f"{CURSOR_VERSION}.{m:x}.{p.replace('-', '')}.{head}"
@@ -266,7 +400,7 @@ class HistoryReader:
         self._forget_below = self._m = listed_at - CLOCK_MARGIN_US
         self._entries = None
         for name in [n for n, j in self._table.items() if j.done and j.mtime < self._m]:
-            if self._last is None or self._last[0] != name:
+            if self._last_name != name:
                 del self._table[name]
                 self._held.pop(name, None)
                 self._forgotten.add(name)
@@ -339,11 +473,11 @@ class HistoryReader:
                 return j
             with stream:
                 head = self._next(j, stream, 0)
-                while head is not None and head[0]["id"] <= start.p:
-                    j.first = j.first or head[0]["id"]
+                while head is not None and head[3] <= start.p:
+                    j.first = j.first or head[3]
                     j.offset = head[1]
                     head = self._next(j, stream, j.offset)
-            j.after = "" if head is None else head[0]["id"]
+            j.after = "" if head is None else head[3]
             if head is None and j.finished:
                 j.done = True
             if j.offset:
@@ -398,15 +532,15 @@ class HistoryReader:
             return None
         with stream:
             head = self._next(j, stream, j.offset)
-        j.after = "" if head is None else head[0]["id"]
+        j.after = "" if head is None else head[3]
         return j.after or None
 
-    def _next(
-        self, j: _Journal, stream: IO[bytes], at: int
-    ) -> tuple[dict[str, Any], int, bytes] | None:
-        """The next record from byte ``at`` of ``stream``, with the end of its line and the
-        line; lines that hold no record are consumed on the way (``j.offset`` moves past
-        them)."""
+    def _next(self, j: _Journal, stream: IO[bytes], at: int) -> Head | None:
+        """The next record from byte ``at`` of ``stream``, with the end of its line, the
+        line, its event id and timestamp; lines that hold no record are consumed on the
+        way (``j.offset`` moves past them). A line ``want`` refuses is not decoded: its
+        checksum is checked, and its id and timestamp read from their places."""
+        want = self._want
         while True:
             try:
                 line = stream.readline(MAX_LINE + 1)
@@ -429,13 +563,17 @@ class HistoryReader:
                 j.offset = at = end
                 continue
             end = at + len(line)
-            record, _ = decode(line[:-1])
+            if want is not None and not want(line):
+                skimmed = _skim(line)
+                if skimmed is not None:
+                    return None, end, line, skimmed[0], skimmed[1]
+            record = _record(line)
             if record is None:
                 if j.offset == at:
                     j.offset = end  # not a record: consumed silently (compact counts it)
                 at = end
                 continue
-            return record, end, line
+            return record, end, line, record["id"], record["ts"]
 
     def _merge(self, stop: Callable[[], bool]) -> Iterator[dict[str, Any]]:
         """Read every journal not done to its current end, records merged by event id."""
@@ -453,44 +591,75 @@ class HistoryReader:
         upcoming.sort(reverse=True)
         self._entries = None  # the peeks moved what they found
         active: list[tuple[str, str]] = []
+        table, until, want, n = self._table, self._until, self._want, 0
         try:
-            while (active or upcoming) and not stop():
+            while active or upcoming:
+                if not n & 63 and stop():  # asked every 64 records: a call costs
+                    break
+                n += 1
                 while upcoming and (not active or upcoming[-1][0] <= active[0][0]):
                     _, name = upcoming.pop()
                     j = self._table[name]
                     j.stream = self._open(j)
                     if j.stream is not None:
                         j.head = self._next(j, j.stream, j.offset)
-                    j.after = "" if j.head is None else j.head[0]["id"]
+                    j.after = "" if j.head is None else j.head[3]
                     if j.head is not None:
-                        heapq.heappush(active, (j.head[0]["id"], name))
+                        heapq.heappush(active, (j.head[3], name))
                         self._held[name] = j
                         self._entries = None
                     else:
                         self._settle(j)
                 if not active:
                     continue
-                j = self._table[active[0][1]]
-                assert j.head is not None and j.stream is not None
-                record, end, self.line = j.head
-                if self._until is not None and record["ts"] > self._until:
+                name = active[0][1]
+                j = table[name]
+                record, end, line, event_id, ts = j.head  # type: ignore[misc]
+                if until is not None and ts > until:
                     return  # the rest sorts after it: left for a cursor to resume from
-                _, name = heapq.heappop(active)
-                before = self._segment(j)
-                self._last = (name, j.offset)
+                # Its entry before and after (see _segment, whose first rule, the common
+                # one, is inlined: a finished journal whose next record sorts after p).
+                m, p = self._m, self._p
+                before = (
+                    None
+                    if j.finished and j.mtime < m and j.after is not None and j.after > p
+                    else self._segment(j)
+                )
+                self._last_name = name
+                self._last_text = f"{j.enc}_{j.offset:x}"
                 j.offset = end
                 self.consumed += 1
-                if record["id"] > self._p:
-                    self._p = record["id"]
-                j.head = self._next(j, j.stream, end)
-                j.after = "" if j.head is None else j.head[0]["id"]
-                if j.head is not None:
-                    heapq.heappush(active, (j.head[0]["id"], name))
+                if event_id > self._p:
+                    self._p = event_id
+                # The next line: decoded here when it is a whole record (most are), else
+                # read again by _next, which knows what to do with every other line.
+                stream: IO[bytes] = j.stream  # type: ignore[assignment]
+                following = stream.readline(_LINE_LIMIT)
+                if (
+                    want is None
+                    and following[-1:] == b"\n"
+                    and (got := _record(following)) is not None
+                ):
+                    head: Head | None = (got, end + len(following), following, got["id"], got["ts"])
                 else:
+                    stream.seek(end)
+                    head = self._next(j, stream, end)
+                j.head = head
+                if head is not None:
+                    j.after = head[3]
+                    heapq.heapreplace(active, (head[3], name))
+                else:
+                    j.after = ""
+                    heapq.heappop(active)
                     self._settle(j)
-                if before is not None or self._segment(j) is not None:
+                if before is not None or (
+                    not (j.finished and j.mtime < m and (not j.after or j.after > self._p))
+                    and self._segment(j) is not None
+                ):
                     self._entries = None  # its entry changed
-                yield record
+                if record is not None:
+                    self.line = line
+                    yield record
         finally:
             for j in self._table.values():
                 if j.stream is not None:

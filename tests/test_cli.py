@@ -457,3 +457,33 @@ def test_doctor_names_the_first_thing_wrong_until_all_is_well(tmp_path, database
     human = cli("doctor", "--settings", str(settings), home=home, url=database_url)
     assert human.returncode == 0 and b"all is well" in human.stdout
     assert not [r for r in REPRS if r in human.stdout.decode()]
+
+
+def test_replay_executor_includes_agent_keyed_observations_and_outcomes(home, db):
+    """Hooks that name an agent (not an executor) journal agent-keyed observations; the
+    outcome names the executor the database resolved: replay --executor shows both."""
+    agent = {"GENIE_AGENT_NAME": "alice", "GENIE_TEAM": "core"}
+    run_hook(home, db, {"session_id": "s-new"}, **agent)
+    wait_settled(home)
+    run_hook(home, db, {"session_id": "s-other"}, RECONCILE_EXECUTOR_ID="e-2")
+    wait_settled(home)
+    every = [json.loads(x) for x in cli("replay", home=home).stdout.splitlines()]
+    assert [(e["type"], e["key"]) for e in every][:2] == [
+        ("session.observed", "agent-name:core/alice"),
+        ("session.reconciled", "agent-name:core/alice"),
+    ]
+    only = [
+        json.loads(x) for x in cli("replay", "--executor", "e-1", home=home).stdout.splitlines()
+    ]
+    assert [(e["type"], e["key"]) for e in only] == [
+        ("session.observed", "agent-name:core/alice"),
+        ("session.reconciled", "agent-name:core/alice"),
+    ]
+    assert [e["id"] for e in only] == [e["id"] for e in every[:2]]
+    typed = cli("replay", "--executor", "e-1", "--type", "session.observed", home=home)
+    assert [json.loads(x)["id"] for x in typed.stdout.splitlines()] == [every[0]["id"]]
+    others = [
+        json.loads(x)["key"]
+        for x in cli("replay", "--executor", "e-2", home=home).stdout.splitlines()
+    ]
+    assert set(others) == {"executor:e-2"}
