@@ -46,7 +46,10 @@ def events(
     executor: str | None = None,
     types: tuple[str, ...] = (),
 ) -> Iterator[journal.Record]:
-    """The event history (archive + live journals) in order, filtered; streamed."""
+    """The event history (archive + live journals) in order, filtered; streamed.
+    ``executor``: the records naming that executor (an agent-keyed observation names
+    none; ``reconcile replay --executor`` also gives it when its outcome names the
+    executor, cli/_replay.py)."""
     for record in journal.history(settings.home, since=since, until=until):
         if key is not None and record.key != key:
             continue
@@ -55,28 +58,6 @@ def events(
         if executor is not None and _executor_of(record) != executor:
             continue
         yield record
-
-
-def event_matcher(
-    *,
-    since: str | None = None,
-    key: str | None = None,
-    executor: str | None = None,
-    types: tuple[str, ...] = (),
-) -> Callable[[dict[str, Any]], bool]:
-    """Whether a raw record passes replay's filters (``until`` is the reader's: a record
-    after it is not consumed at all)."""
-
-    def matches(raw: dict[str, Any]) -> bool:
-        if since is not None and raw["ts"] < since:
-            return False
-        if key is not None and raw["key"] != key:
-            return False
-        if types and raw["type"] not in types:
-            return False
-        return executor is None or _executor_of(journal.Record.from_raw(raw)) == executor
-
-    return matches
 
 
 def _executor_of(record: journal.Record) -> str | None:
