@@ -7,10 +7,13 @@ from 1 s up to ``RECONCILE_BACKOFF_MAX``, with equal jitter. Every hook reads it
 it starts a reconciler, and the reconciler itself waits it out before trying again.
 
 The file holds wall-clock times, the only clock processes share, and wall clocks step
-(NTP, a laptop waking up). So a reader trusts ``until`` no further than the record's
-own cap from now (``cap_s``: ``RECONCILE_BACKOFF_MAX`` when it was written): a backoff
-written while the clock ran an hour ahead delays the next attempt by at most the cap,
-never by the size of the step. A step forward only ends a backoff early.
+(NTP, a laptop waking up). A reconciler never writes an ``until`` further than the
+record's own cap (``cap_s``: ``RECONCILE_BACKOFF_MAX`` when it was written) from its
+now; so a record whose ``until`` is further than that from the reader's now was written
+while the clock ran ahead, and is not in force at all: the next hook starts a
+reconciler, which tries the database and writes a backoff on today's clock if it still
+fails. (Capping it at the cap from now instead would hold it forever: that bound moves
+with the reader's now.) A step forward only ends a backoff early.
 
 This module runs in the hook (a miss, and an observation still waiting): the standard
 library and the journal's already-loaded functions only.
@@ -55,7 +58,8 @@ def until(home: str, now_s: float | None = None) -> float:
 
 
 def capped_until(record: dict[str, object] | None, now_s: float) -> float:
-    """``record``'s ``until``, but no further than its ``cap_s`` from ``now_s``."""
+    """``record``'s ``until``; 0 (not in force) when that is further than its ``cap_s``
+    from ``now_s``, a record written by a clock ahead of this one."""
     if not record:
         return 0.0
     end, cap = record.get("until"), record.get("cap_s")
@@ -63,8 +67,9 @@ def capped_until(record: dict[str, object] | None, now_s: float) -> float:
         return 0.0
     if not isinstance(cap, int | float) or isinstance(cap, bool) or cap <= 0:
         cap = DEFAULT_CAP_S
-    capped: float = min(float(end), now_s + float(cap))
-    return capped
+    if float(end) > now_s + float(cap):
+        return 0.0
+    return float(end)
 
 
 def delay_s(failures: int, cap_s: float) -> float:

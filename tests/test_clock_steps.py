@@ -20,9 +20,18 @@ from pathlib import Path
 import libfaketime
 import psycopg
 import pytest
-from reconcile_helpers import clean_env, cli, run_hook, seed, session_of, wait_settled
+from reconcile_helpers import (
+    clean_env,
+    cli,
+    run_hook,
+    seed,
+    session_of,
+    wait_idle,
+    wait_settled,
+)
 
 import journal
+import reconcile
 from reconcile import migrate
 
 HOUR_US = 3600 * 1_000_000
@@ -105,6 +114,42 @@ def test_an_agent_keyed_hit_from_an_hour_ahead_is_revalidated(tmp_path: Path, db
         run_hook(home, db, {"session_id": "s"}, **identity)
         wait_settled(home)
     assert journal.load(home)["agent:a-1"].type == "session.confirmed"
+
+
+def test_a_backoff_written_an_hour_ahead_delays_settlement_by_its_cap_at_most(
+    tmp_path: Path, db: str
+):
+    seed(db, [], [("e-1", None, "old", "running")])
+    home = tmp_path / "home"
+    # An hour ahead, the database refuses: the reconciler records a backoff (doubling
+    # from 1 s, capped at RECONCILE_BACKOFF_MAX, 1 s here) in that hour's wall time, and
+    # gives up at once (no retry horizon), leaving the observation waiting.
+    run_hook(
+        home,
+        "postgresql://x@127.0.0.1:9/d",
+        {"session_id": "s-new"},
+        RECONCILE_EXECUTOR_ID="e-1",
+        RECONCILE_BACKOFF_MAX="1",
+        RECONCILE_RETRY_HORIZON="0",
+        **clock("+1h"),
+    )
+    wait_idle(home)
+    record = json.loads((home / "backoff").read_bytes())
+    assert record["until"] - time.time() > 3600 * 5 / 6  # it took
+    assert reconcile.unsettled(str(home))
+
+    # The clock steps back and the database answers. The record's own cap bounds it from
+    # now: the next hook that asks a second or two later starts a reconciler, which
+    # settles the row (before: the backoff held for the hour).
+    give_up = time.monotonic() + DEADLINE_S
+    while session_of(db, "e-1") != "s-new":
+        assert time.monotonic() < give_up, (
+            f"a backoff written an hour ahead still held after {DEADLINE_S} s, its cap 1 s"
+        )
+        run_hook(home, db, {"session_id": "s-new"}, RECONCILE_EXECUTOR_ID="e-1")
+        time.sleep(0.5)
+    wait_settled(home)
+    assert journal.latest(home, "executor:e-1")["type"] == "session.reconciled"
 
 
 def test_records_written_after_a_compaction_an_hour_ahead_are_seen(tmp_path: Path, db: str):
