@@ -35,6 +35,7 @@ __all__ = [
     "UnsafePathError",
     "UntrustedPathError",
     "Writer",
+    "absolute_path",
     "check_home",
     "compact",
     "dump_json",
@@ -90,6 +91,7 @@ _WHERE = {
     "dump_json": "_json",
     "FILE_MODE": "_layout",
     "LOG_DIR": "_hit",
+    "absolute_path": "_layout",
     "ensure_dir": "_layout",
     "ensure_home": "_layout",
     "write_atomically": "_layout",
@@ -147,7 +149,7 @@ if TYPE_CHECKING:
     )
     from journal._inventory import Inventory, inventory
     from journal._json import dump_json
-    from journal._layout import FILE_MODE, ensure_dir, ensure_home, write_atomically
+    from journal._layout import FILE_MODE, absolute_path, ensure_dir, ensure_home, write_atomically
     from journal._model import CompactionReport, Record, Skips, State
     from journal._platform import lock_marked, mark_lock, release_lock
     from journal._read import History, history, load

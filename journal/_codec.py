@@ -13,9 +13,7 @@ Reading a line (:func:`decode`) is on the hook's hit path, so it lives in
 event ids they carry.
 """
 
-from __future__ import annotations
-
-import os
+import posix
 import time
 import zlib
 
@@ -38,7 +36,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-def encode(*, event_id: str, pid: int, type: str, key: str, data: Any) -> bytes:
+def encode(*, event_id: str, pid: int, type: str, key: str, data: "Any") -> bytes:
     """Return the line (newline included) for one record, or raise what to fix."""
     if not isinstance(key, str) or not key:
         raise InvalidRecordError("record key must be a non-empty string")
@@ -73,7 +71,7 @@ def encode(*, event_id: str, pid: int, type: str, key: str, data: Any) -> bytes:
     return line
 
 
-def order(record: dict[str, Any]) -> tuple[str, str]:
+def order(record: "dict[str, Any]") -> tuple[str, str]:
     """The fold order of a raw record: (timestamp, event id)."""
     return record["ts"], record["id"]
 
@@ -119,7 +117,7 @@ class Clock:
 def _uuid7(us: int) -> str:
     ms, sub = divmod(us, 1000)
     rand_a = sub * 4096 // 1000  # 4.096 steps per microsecond: exactly reversible
-    rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    rand_b = int.from_bytes(posix.urandom(8), "big") & ((1 << 62) - 1)
     value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
@@ -137,7 +135,7 @@ def event_id_next_to(event_id: str) -> str:
     rand_b = value & rand_b_max
     if rand_b == rand_b_max:  # pragma: no cover - one chance in 2**62
         return _uuid7(event_time_us(event_id) + 1)
-    above = rand_b + 1 + int.from_bytes(os.urandom(8), "big") % (rand_b_max - rand_b)
+    above = rand_b + 1 + int.from_bytes(posix.urandom(8), "big") % (rand_b_max - rand_b)
     h = f"{value - rand_b + above:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 

@@ -5,8 +5,6 @@ could not be read or written is left where it was, for the next run, and the err
 it (docs/reliability.md).
 """
 
-from __future__ import annotations
-
 TYPE_CHECKING = False  # typing costs milliseconds on the hit path; checkers see True
 if TYPE_CHECKING:
     from journal._model import CompactionReport
@@ -39,7 +37,7 @@ class CompactionIncompleteError(StorageError):
     they were left in place, to be folded by the next compaction. ``report`` says what
     was done; ``report.errors`` names each file and what failed."""
 
-    def __init__(self, message: str, report: CompactionReport) -> None:
+    def __init__(self, message: str, report: "CompactionReport") -> None:
         super().__init__(message)
         self.report = report
 

@@ -6,8 +6,6 @@ package around it is skipped. Where that encoder is missing (not CPython) this f
 to :func:`json.dumps`. Reading is :func:`journal._hit.parse_json`, on the C scanner.
 """
 
-from __future__ import annotations
-
 try:
     from _json import encode_basestring_ascii as _ascii
     from _json import make_encoder as _make_encoder

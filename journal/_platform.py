@@ -26,10 +26,8 @@ The mark serves observers only: the protocol never depends on it, and a mark tha
 could not be set only makes probes say "not held".
 """
 
-from __future__ import annotations
-
 import fcntl
-import os
+import posix
 import sys
 
 OFD_LOCKS = hasattr(fcntl, "F_OFD_GETLK")  # Linux 3.15+; the stand-in elsewhere
@@ -52,7 +50,7 @@ def mark_lock(fd: int, path: str) -> bool:
     if fd in _extra:
         return True
     try:
-        mark = os.open(path + MARK_SUFFIX, _MARK_FLAGS, 0o600)
+        mark = posix.open(path + MARK_SUFFIX, _MARK_FLAGS, 0o600)
     except OSError:
         return False
     for _ in range(_MARK_TRIES):
@@ -67,7 +65,7 @@ def mark_lock(fd: int, path: str) -> bool:
             break
         _extra[fd] = mark
         return True
-    os.close(mark)
+    posix.close(mark)
     return False
 
 
@@ -75,8 +73,8 @@ def release_lock(fd: int) -> None:
     """Close the lock's descriptor ``fd``, and its mark's (the mark first)."""
     mark = _extra.pop(fd, None)
     if mark is not None:
-        os.close(mark)
-    os.close(fd)
+        posix.close(mark)
+    posix.close(fd)
 
 
 def lock_marked(path: str) -> bool:
@@ -85,7 +83,7 @@ def lock_marked(path: str) -> bool:
     out)."""
     if OFD_LOCKS and not _stand_in:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = posix.open(path, posix.O_RDONLY | posix.O_NOFOLLOW | posix.O_CLOEXEC)
         except OSError:
             return False
         try:
@@ -93,10 +91,10 @@ def lock_marked(path: str) -> bool:
         except OSError:
             return False
         finally:
-            os.close(fd)
+            posix.close(fd)
         return int.from_bytes(got[:2], sys.byteorder) != fcntl.F_UNLCK  # l_type
     try:
-        fd = os.open(path + MARK_SUFFIX, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = posix.open(path + MARK_SUFFIX, posix.O_RDONLY | posix.O_NOFOLLOW | posix.O_CLOEXEC)
     except OSError:
         return False
     try:
@@ -106,7 +104,7 @@ def lock_marked(path: str) -> bool:
     except OSError:
         return False
     finally:
-        os.close(fd)  # releases the probe's shared lock, if it got one
+        posix.close(fd)  # releases the probe's shared lock, if it got one
     return False
 
 
@@ -117,7 +115,8 @@ def use_stand_in(on: bool) -> None:
 
 
 _stand_in = not OFD_LOCKS
-_MARK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+_SEEK_SET = 0  # os.SEEK_SET, the same on every system
+_MARK_FLAGS = posix.O_RDWR | posix.O_CREAT | posix.O_NOFOLLOW | posix.O_CLOEXEC
 
 
 def _flock_struct(kind: int) -> bytes:
@@ -126,5 +125,5 @@ def _flock_struct(kind: int) -> bytes:
     padding; laid out by hand, since ``struct`` costs the hook a module (LP64 Linux,
     the only place OFD locks are used)."""
     order = sys.byteorder
-    head = kind.to_bytes(2, order) + os.SEEK_SET.to_bytes(2, order) + bytes(4)
+    head = kind.to_bytes(2, order) + _SEEK_SET.to_bytes(2, order) + bytes(4)
     return head + bytes(8) + bytes(8) + bytes(4) + bytes(4)

@@ -23,20 +23,19 @@ refuses a data directory that is not its user's or that others can read; they be
 another user when an older version ran the server as ``reconcile-pg`` from here.
 """
 
-from __future__ import annotations
-
-import os
-import stat
+import posix
+from _stat import S_ISDIR  # what stat.py re-exports; neither os nor stat
 
 from journal._errors import UnsafePathError
 from journal._hit import refusal
+from journal._layout import join
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from journal._hit import StrPath
 
-_SERVER_OWNED = frozenset({os.path.join("pg", "data"), os.path.join("pg", "data.new")})
-_SERVER_LOG = os.path.join("pg", "server.log")
+_SERVER_OWNED = frozenset({"pg/data", "pg/data.new"})
+_SERVER_LOG = "pg/server.log"
 
 
 class UntrustedPathError(UnsafePathError, PermissionError):
@@ -44,28 +43,28 @@ class UntrustedPathError(UnsafePathError, PermissionError):
     write bit, a symlink): the directory is refused until that is fixed."""
 
 
-def check_home(home: StrPath) -> None:
+def check_home(home: "StrPath") -> None:
     """Raise :class:`UntrustedPathError` unless ``home`` and all it holds are ours alone.
 
     A home that does not exist yet passes (it will be created 0700). The walk does not
     follow symlinks (they are refused) and leaves the server's files to PostgreSQL.
     """
     try:
-        st = os.lstat(home)
+        st = posix.lstat(home)
     except (FileNotFoundError, NotADirectoryError):
         return
     except OSError as exc:
         raise UntrustedPathError(f"{home} cannot be checked ({exc.strerror})") from None
     _raise_if(refusal(home, st))
-    if not stat.S_ISDIR(st.st_mode):
+    if not S_ISDIR(st.st_mode):
         raise UntrustedPathError(f"{home} is not a directory: move it away or set RECONCILE_HOME")
-    top = os.fspath(home)
-    skipped = {os.path.join(top, path) for path in (*_SERVER_OWNED, _SERVER_LOG)}
+    top = posix.fspath(home)
+    skipped = {join(top, path) for path in (*_SERVER_OWNED, _SERVER_LOG)}
     stack = [top]
     while stack:
         directory = stack.pop()
         try:
-            entries = list(os.scandir(directory))
+            entries = list(posix.scandir(directory))
         except OSError as exc:
             raise UntrustedPathError(f"{directory} cannot be listed ({exc.strerror})") from None
         for entry in entries:
@@ -79,7 +78,7 @@ def check_home(home: StrPath) -> None:
                 reason = f"{entry.path} cannot be checked ({exc.strerror})"
                 raise UntrustedPathError(reason) from None
             _raise_if(refusal(entry.path, child))
-            if stat.S_ISDIR(child.st_mode):
+            if S_ISDIR(child.st_mode):
                 stack.append(entry.path)
 
 

@@ -13,15 +13,13 @@ sync failed once (its durable state unknown: the kernel may have dropped the pag
 never appended to again.
 """
 
-from __future__ import annotations
-
 import fcntl
-import os
+import posix
 
 from journal._codec import Clock, encode, is_event_id
 from journal._errors import InvalidRecordError, StorageError
 from journal._hit import JOURNAL_DIR, JOURNAL_SUFFIX, PENDING_SUFFIX
-from journal._layout import FILE_MODE, ensure_dir, fsync_dir
+from journal._layout import FILE_MODE, ensure_dir, fsync_dir, join
 
 TYPE_CHECKING = False  # typing costs milliseconds on the hook's path; checkers see True
 if TYPE_CHECKING:
@@ -52,19 +50,19 @@ class Writer:
     the cost). Without it an append survives a process crash but not a power loss.
     """
 
-    def __init__(self, home: StrPath, *, fsync: bool = True) -> None:
-        self.home = os.fspath(home)
+    def __init__(self, home: "StrPath", *, fsync: bool = True) -> None:
+        self.home = posix.fspath(home)
         self.fsync = fsync
         self._fd: int | None = None
-        self._pid = os.getpid()
+        self._pid = posix.getpid()
         self._path: str | None = None
         self._size = 0  # bytes of complete lines in our journal: where a failed append ends
         self._clock = Clock()
 
     @property
-    def path(self) -> Path | None:
+    def path(self) -> "Path | None":
         """The journal file, or None while nothing was appended by this process."""
-        if self._path is None or self._pid != os.getpid():
+        if self._path is None or self._pid != posix.getpid():
             return None
         from pathlib import Path
 
@@ -73,7 +71,7 @@ class Writer:
     def append(
         self,
         key: str,
-        data: dict[str, Any],
+        data: "dict[str, Any]",
         type: str,
         *,
         event_id: str | None = None,
@@ -103,12 +101,12 @@ class Writer:
 
     def close(self) -> None:
         """Close the journal and release its lock (the compactor may then archive it)."""
-        if self._fd is not None and self._pid == os.getpid():
-            os.close(self._fd)
+        if self._fd is not None and self._pid == posix.getpid():
+            posix.close(self._fd)
         self._fd = None
         self._path = None
 
-    def __enter__(self) -> Writer:
+    def __enter__(self) -> "Writer":
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -117,7 +115,7 @@ class Writer:
     def _write(
         self,
         key: str,
-        data: dict[str, Any] | None,
+        data: "dict[str, Any] | None",
         type: str,
         event_id: str | None = None,
         after: str | None = None,
@@ -131,7 +129,7 @@ class Writer:
         "Compaction"). A bad record is still refused before any file exists: it is encoded
         once first with a stand-in id of the same size.
         """
-        pid = os.getpid()
+        pid = posix.getpid()
         for value in (event_id, after):
             if value is not None and not is_event_id(value):
                 raise InvalidRecordError(f"event id {value!r:.60} is not a UUIDv7 string")
@@ -142,7 +140,7 @@ class Writer:
         line = encode(event_id=event_id, pid=pid, type=type, key=key, data=data)
         fd = self._descriptor(pid)  # after encoding: a rejected record creates no file
         try:
-            written = os.write(fd, line)
+            written = posix.write(fd, line)
         except OSError as exc:
             path = self._abandon()
             raise StorageError(f"could not append to {path}: {exc.strerror}") from None
@@ -153,7 +151,7 @@ class Writer:
             )
         if self.fsync:
             try:
-                os.fdatasync(fd)
+                posix.fdatasync(fd)
             except OSError as exc:
                 path = self._abandon()
                 raise StorageError(f"could not sync {path}: {exc.strerror}") from None
@@ -175,11 +173,11 @@ class Writer:
         path, fd = self._path, self._fd
         if fd is not None:
             try:  # noqa: SIM105 - not contextlib: see the module's docstring
-                os.ftruncate(fd, self._size)
+                posix.ftruncate(fd, self._size)
             except OSError:
                 pass  # the fragment stays: a torn last line, quarantined, never acknowledged
             try:  # noqa: SIM105
-                os.close(fd)
+                posix.close(fd)
             except OSError:
                 pass
         self._fd, self._path, self._size = None, None, 0
@@ -188,7 +186,7 @@ class Writer:
     def _descriptor(self, pid: int) -> int:
         if self._pid != pid:  # forked: the inherited file is the parent's, not ours
             if self._fd is not None:
-                os.close(self._fd)
+                posix.close(self._fd)
             self._fd, self._path, self._pid, self._size = None, None, pid, 0
         if self._fd is None:
             self._fd, self._path = self._create(pid)
@@ -205,7 +203,7 @@ class Writer:
         the record (docs/reliability.md, "No lost wake-up").
         """
         ensure_dir(self.home)  # neither it nor journal/ may be a symlink
-        directory = ensure_dir(os.path.join(self.home, JOURNAL_DIR))
+        directory = ensure_dir(join(self.home, JOURNAL_DIR))
         for _ in range(_CREATE_TRIES):
             created = self._try_create(pid, directory)
             if created is not None:
@@ -219,19 +217,26 @@ class Writer:
 
     def _try_create(self, pid: int, directory: str) -> tuple[int, str] | None:
         """One try of :meth:`_create`: None if the cleanup got to the file first."""
-        name = f"{pid}-{os.urandom(8).hex()}{JOURNAL_SUFFIX}"
-        path = os.path.join(directory, name)
+        name = f"{pid}-{posix.urandom(8).hex()}{JOURNAL_SUFFIX}"
+        path = join(directory, name)
         pending = path + PENDING_SUFFIX
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        flags = (
+            posix.O_WRONLY
+            | posix.O_CREAT
+            | posix.O_EXCL
+            | posix.O_APPEND
+            | posix.O_NOFOLLOW
+            | posix.O_CLOEXEC
+        )
         try:
-            fd = os.open(pending, flags, FILE_MODE)
+            fd = posix.open(pending, flags, FILE_MODE)
         except OSError as exc:
             raise StorageError(f"cannot create a journal in {directory}: {exc.strerror}") from None
         current = pending
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                os.rename(pending, path)
+                posix.rename(pending, path)
             except (BlockingIOError, FileNotFoundError):
                 # The cleanup holds the file, or removed it before we locked it: it is
                 # not ours to append to. Its name was ours alone: drop it, try anew.
@@ -249,10 +254,10 @@ class Writer:
 def _discard(path: str, fd: int) -> None:
     """Remove a journal this writer just created (if it still can) and close it."""
     try:  # noqa: SIM105 - not contextlib: see the module's docstring
-        os.unlink(path)
+        posix.unlink(path)
     except OSError:
         pass  # gone already, or an empty journal or ".new" the compactor removes later
-    os.close(fd)
+    posix.close(fd)
 
 
 _ids = Clock()

@@ -19,12 +19,11 @@ This module runs in the hook (a miss, and an observation still waiting): the sta
 library and the journal's already-loaded functions only.
 """
 
-from __future__ import annotations
-
-import os
+import posix
 import time
 
 from journal import parse_json
+from reconcile._fast import join_path
 
 BACKOFF = "backoff"
 BASE_S = 1.0
@@ -35,15 +34,17 @@ def read(home: str) -> dict[str, object] | None:
     """The backoff record the last reconciler left, or None if there is none (or it
     cannot be read: a backoff is advice, and an unreadable one advises nothing)."""
     try:
-        fd = os.open(os.path.join(home, BACKOFF), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = posix.open(
+            join_path(home, BACKOFF), posix.O_RDONLY | posix.O_NOFOLLOW | posix.O_CLOEXEC
+        )
     except OSError:
         return None
     try:
-        raw = os.read(fd, 1 << 16)
+        raw = posix.read(fd, 1 << 16)
     except OSError:
         return None
     finally:
-        os.close(fd)
+        posix.close(fd)
     try:
         value = parse_json(raw)
     except (ValueError, RecursionError):

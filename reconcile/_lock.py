@@ -18,32 +18,35 @@ Like the outbox, this module runs in the hook past a hit: standard library and
 ``journal`` only, imported when used.
 """
 
-from __future__ import annotations
-
 import fcntl
-import os
+import posix
 
 import journal
+from reconcile._fast import join_path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import os
 
 RECONCILE_LOCK = "reconcile.lock"
 COMPACT_LOCK = "compact.lock"
 
-_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+_LOCK_FLAGS = posix.O_RDWR | posix.O_CREAT | posix.O_NOFOLLOW | posix.O_CLOEXEC
 _FILE_MODE = 0o600
 
 
 def take_lock(home: str, name: str = RECONCILE_LOCK) -> int | None:
     """The locked, marked descriptor of ``home/name`` if no one holds it, else None.
     Release it with :func:`release_lock` (closing it: the last copy releases both)."""
-    path = os.path.join(home, name)
+    path = join_path(home, name)
     try:
-        fd = os.open(path, _LOCK_FLAGS, _FILE_MODE)
+        fd = posix.open(path, _LOCK_FLAGS, _FILE_MODE)
     except OSError:
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        os.close(fd)
+        posix.close(fd)
         return None
     journal.mark_lock(fd, path)
     return fd
@@ -52,7 +55,7 @@ def take_lock(home: str, name: str = RECONCILE_LOCK) -> int | None:
 def adopt_lock(home: str, fd: int, name: str = RECONCILE_LOCK) -> None:
     """Mark a held lock handed over by another process (a hook to its reconciler): on
     Linux the mark came with the descriptor; the stand-in marks anew."""
-    journal.mark_lock(fd, os.path.join(home, name))
+    journal.mark_lock(fd, join_path(home, name))
 
 
 def release_lock(fd: int) -> None:
@@ -61,20 +64,20 @@ def release_lock(fd: int) -> None:
     journal.release_lock(fd)
 
 
-def lock_held(home: str | os.PathLike[str], name: str) -> bool:
+def lock_held(home: "str | os.PathLike[str]", name: str) -> bool:
     """Whether some process holds ``home/name``, read from its mark: a probe that takes
     nothing, so it never keeps a holder from taking the lock. False if the file does not
     exist yet."""
-    return journal.lock_marked(os.path.join(os.fspath(home), name))
+    return journal.lock_marked(join_path(posix.fspath(home), name))
 
 
-def reconciler_running(home: str | os.PathLike[str]) -> bool:
+def reconciler_running(home: "str | os.PathLike[str]") -> bool:
     """Whether a reconciler runs for the state directory ``home`` (holds its
     ``reconcile.lock``); a probe: see :func:`lock_held`."""
     return lock_held(home, RECONCILE_LOCK)
 
 
-def compaction_running(home: str | os.PathLike[str]) -> bool:
+def compaction_running(home: "str | os.PathLike[str]") -> bool:
     """Whether a compaction runs in the state directory ``home`` (holds its
     ``compact.lock``); a probe: see :func:`lock_held`."""
     return lock_held(home, COMPACT_LOCK)

@@ -15,14 +15,12 @@ Like the hit path, this module imports only the standard library and the journal
 writer: it runs in the hook process.
 """
 
-from __future__ import annotations
-
-import os
+import posix
 import time
 
 from journal import RecordTooLargeError, Writer
 from reconcile import _backoff as backoff
-from reconcile._fast import MISS, OBSERVED, UNSETTLED, Observation
+from reconcile._fast import MISS, OBSERVED, UNSETTLED, Observation, join_path
 from reconcile._lock import compaction_running, release_lock, take_lock
 
 TYPE_CHECKING = False  # typing costs milliseconds in the hook; checkers see True
@@ -36,13 +34,13 @@ _FALSE = ("0", "false", "no", "off")
 
 def settle_later(
     home: str,
-    env: Mapping[str, str],
+    env: "Mapping[str, str]",
     observation: Observation,
     verdict: str,
     *,
     sync: bool,
     after: str | None = None,
-    payload: Mapping[str, object] | None = None,
+    payload: "Mapping[str, object] | None" = None,
 ) -> str:
     """Past a hit: journal the observation on a miss, then see that it gets settled.
 
@@ -70,8 +68,8 @@ def append_observation(
     *,
     fsync: bool = True,
     after: str | None = None,
-    payload: Mapping[str, object] | None = None,
-    extra: Mapping[str, object] | None = None,
+    payload: "Mapping[str, object] | None" = None,
+    extra: "Mapping[str, object] | None" = None,
 ) -> str:
     """Journal that the hook saw ``observation``, after the event ``after`` if given (the
     key's latest: the fold must see the observation as newer, whatever the clocks did);
@@ -105,7 +103,7 @@ def append_observation(
             return writer.append(observation.key, shorter, OBSERVED, after=after)
 
 
-def ensure_reconciler(home: str, env: Mapping[str, str], *, now_s: float | None = None) -> str:
+def ensure_reconciler(home: str, env: "Mapping[str, str]", *, now_s: float | None = None) -> str:
     """Start a reconciler unless one runs or the database is in backoff.
 
     Returns ``"started"``, ``"running"``, ``"backoff"`` or ``"failed"`` (could not spawn;
@@ -128,7 +126,7 @@ def ensure_reconciler(home: str, env: Mapping[str, str], *, now_s: float | None 
     return "started"
 
 
-def maybe_compact(home: str, env: Mapping[str, str]) -> bool:
+def maybe_compact(home: str, env: "Mapping[str, str]") -> bool:
     """Past the journal threshold, start a compaction in the background (unless one runs).
 
     Journals stay bounded with no cron: each hook that wrote counts them (one
@@ -137,7 +135,7 @@ def maybe_compact(home: str, env: Mapping[str, str]) -> bool:
     threshold = _count(env, "RECONCILE_COMPACT_THRESHOLD", COMPACT_THRESHOLD, least=0)
     try:
         count = sum(
-            1 for name in os.listdir(os.path.join(home, "journal")) if name.endswith(".jnl")
+            1 for name in posix.listdir(join_path(home, "journal")) if name.endswith(".jnl")
         )
     except OSError:
         return False
@@ -153,7 +151,7 @@ def maybe_compact(home: str, env: Mapping[str, str]) -> bool:
     return True
 
 
-def _count(env: Mapping[str, str], name: str, default: int, *, least: int) -> int:
+def _count(env: "Mapping[str, str]", name: str, default: int, *, least: int) -> int:
     """A count variable, the default if unset, malformed or below ``least`` (as the
     reconciler's settings take it: docs/operations.md, "Settings")."""
     try:

@@ -7,10 +7,10 @@ project) and from ``PYTHON*`` variables, detached from the hook's standard strea
 it starts something: the standard library alone.
 """
 
-from __future__ import annotations
-
-import os
+import posix
 import sys
+
+from journal import absolute_path as _absolute
 
 TYPE_CHECKING = False  # typing costs milliseconds in the hook; checkers see True
 if TYPE_CHECKING:
@@ -27,38 +27,38 @@ _COMPACTOR = (
 )
 
 
-def start_reconciler(home: str, env: Mapping[str, str], lock_fd: int) -> int:
+def start_reconciler(home: str, env: "Mapping[str, str]", lock_fd: int) -> int:
     """Start the reconciler of ``home``, handing it ``lock_fd`` (``reconcile.lock``,
     locked); return its pid."""
     return spawn(_isolated(home, _RECONCILER, str(lock_fd)), env, keep_fd=lock_fd)
 
 
 def start_compactor(
-    home: str, env: Mapping[str, str], max_entries: str, pinned: Iterable[str]
+    home: str, env: "Mapping[str, str]", max_entries: str, pinned: "Iterable[str]"
 ) -> int:
     """Start a compaction of ``home`` keeping ``max_entries`` and never evicting the
     ``pinned`` record types; return its pid."""
-    home = os.path.abspath(home)  # the child runs elsewhere
+    home = _absolute(home)  # the child runs elsewhere
     return spawn(_isolated(home, _COMPACTOR, home, max_entries, *pinned), env)
 
 
-def spawn(argv: list[str], env: Mapping[str, str], *, keep_fd: int | None = None) -> int:
+def spawn(argv: list[str], env: "Mapping[str, str]", *, keep_fd: int | None = None) -> int:
     """Start ``argv`` detached: its own session, stdin/stdout/stderr on /dev/null (Claude
     Code waits for every holder of the hook's pipes), ``keep_fd`` inherited under the same
     number. Returns its pid; it is not waited for (init reaps it)."""
-    null = os.devnull
+    null = "/dev/null"
     actions = [
-        (os.POSIX_SPAWN_OPEN, 0, null, os.O_RDONLY, 0),
-        (os.POSIX_SPAWN_OPEN, 1, null, os.O_WRONLY, 0),
-        (os.POSIX_SPAWN_OPEN, 2, null, os.O_WRONLY, 0),
+        (posix.POSIX_SPAWN_OPEN, 0, null, posix.O_RDONLY, 0),
+        (posix.POSIX_SPAWN_OPEN, 1, null, posix.O_WRONLY, 0),
+        (posix.POSIX_SPAWN_OPEN, 2, null, posix.O_WRONLY, 0),
     ]
     if keep_fd is not None:
-        os.set_inheritable(keep_fd, True)
+        posix.set_inheritable(keep_fd, True)
     try:
-        return os.posix_spawn(argv[0], argv, dict(env), file_actions=actions, setsid=True)
+        return posix.posix_spawn(argv[0], argv, dict(env), file_actions=actions, setsid=True)
     finally:
         if keep_fd is not None:
-            os.set_inheritable(keep_fd, False)
+            posix.set_inheritable(keep_fd, False)
 
 
 def _isolated(home: str, code: str, *args: str) -> list[str]:
@@ -72,14 +72,14 @@ def _isolated(home: str, code: str, *args: str) -> list[str]:
     never the working directory) are appended after the standard library, and the child
     moves to ``home`` before it imports anything of ours.
     """
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = _absolute(__file__).rpartition("/")[0].rpartition("/")[0]
     try:
-        cwd = os.getcwd()
+        cwd = posix.getcwd()
     except OSError:  # removed under us: nothing of it can be on the path anyway
         cwd = ""
     path = [root]
     for entry in sys.path:
         if entry.startswith("/") and entry != cwd and entry not in path:
             path.append(entry)
-    prelude = f"import os, sys; os.chdir({os.path.abspath(home)!r}); sys.path += {path!r}; "
+    prelude = f"import posix, sys; posix.chdir({_absolute(home)!r}); sys.path += {path!r}; "
     return [sys.executable, "-I", "-S", "-c", prelude + code, *args]

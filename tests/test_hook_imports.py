@@ -67,6 +67,48 @@ def test_the_hit_path_imports_only_its_own_modules(tmp_path: Path):
     assert not {m.split(".")[0] for m in hook} & FORBIDDEN
 
 
+# Past a hit (an observation journaled, a reconciler started), the hook loads the outbox,
+# the writer, the backoff, the lock and the spawn, and from the standard library only
+# ``fcntl`` more: not ``os``, whose import costs a miss about a tenth of its time.
+MISS_STDLIB_ALLOWED = STDLIB_ALLOWED | {"fcntl"}
+MISS_FORBIDDEN = FORBIDDEN | {"__future__", "stat", "_collections_abc", "random", "struct"}
+
+
+def test_a_miss_imports_no_more_of_the_standard_library_than_fcntl(tmp_path: Path):
+    script = Path(sys.executable).with_name("reconcile")
+    if not script.exists():
+        pytest.skip("no installed `reconcile` script beside this interpreter")
+    checkout = Path(__file__).resolve().parent.parent
+    if Path(journal.__file__).resolve().parent == checkout / "journal":
+        pytest.skip("an editable install runs `site` after all (bin/reconcile): CI checks this")
+    python = script.with_name("python")
+    home = tmp_path / "home"
+    env = clean_env(
+        RECONCILE_HOME=str(home),
+        RECONCILE_EXECUTOR_ID="e-1",
+        RECONCILE_DATABASE_URL="postgresql://x@127.0.0.1:9/d",  # its reconciler gives up
+        RECONCILE_RETRY_HORIZON="0",
+    )
+    env.pop("PYTHONPATH", None)
+    baseline = imported([str(python), "-S", "-X", "importtime", "-c", "pass"], env)
+    payload = json.dumps(
+        {
+            "session_id": "s-1",
+            "hook_event_name": "UserPromptSubmit",
+            "transcript_path": "/home/u/.claude/projects/-w/s-1.jsonl",
+            "cwd": "/w",
+        }
+    ).encode()
+    hook = imported([str(python), "-S", "-X", "importtime", str(script), "hook"], env, payload)
+    [observed] = journal.history(home)  # it was a miss: the observation journaled
+    assert observed.type == "session.observed"
+    added = hook - baseline
+    assert {"reconcile._outbox", "journal._writer", "reconcile._spawn"} <= added  # it was
+    stdlib = {m for m in added if m.split(".")[0] not in ("cli", "reconcile", "journal")}
+    assert stdlib <= MISS_STDLIB_ALLOWED, stdlib - MISS_STDLIB_ALLOWED
+    assert not set(hook) & MISS_FORBIDDEN, set(hook) & MISS_FORBIDDEN
+
+
 def test_the_installed_script_runs_the_hook_without_site():
     script = Path(sys.executable).with_name("reconcile")
     if not script.exists():
