@@ -35,7 +35,8 @@ def read(home: str) -> dict[str, object] | None:
     cannot be read: a backoff is advice, and an unreadable one advises nothing)."""
     try:
         fd = posix.open(
-            join_path(home, BACKOFF), posix.O_RDONLY | posix.O_NOFOLLOW | posix.O_CLOEXEC
+            join_path(posix.fspath(home), BACKOFF),
+            posix.O_RDONLY | posix.O_NOFOLLOW | posix.O_CLOEXEC,
         )
     except OSError:
         return None

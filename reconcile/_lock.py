@@ -35,10 +35,10 @@ _LOCK_FLAGS = posix.O_RDWR | posix.O_CREAT | posix.O_NOFOLLOW | posix.O_CLOEXEC
 _FILE_MODE = 0o600
 
 
-def take_lock(home: str, name: str = RECONCILE_LOCK) -> int | None:
+def take_lock(home: "str | os.PathLike[str]", name: str = RECONCILE_LOCK) -> int | None:
     """The locked, marked descriptor of ``home/name`` if no one holds it, else None.
     Release it with :func:`release_lock` (closing it: the last copy releases both)."""
-    path = join_path(home, name)
+    path = join_path(posix.fspath(home), name)
     try:
         fd = posix.open(path, _LOCK_FLAGS, _FILE_MODE)
     except OSError:
@@ -52,10 +52,10 @@ def take_lock(home: str, name: str = RECONCILE_LOCK) -> int | None:
     return fd
 
 
-def adopt_lock(home: str, fd: int, name: str = RECONCILE_LOCK) -> None:
+def adopt_lock(home: "str | os.PathLike[str]", fd: int, name: str = RECONCILE_LOCK) -> None:
     """Mark a held lock handed over by another process (a hook to its reconciler): on
     Linux the mark came with the descriptor; the stand-in marks anew."""
-    journal.mark_lock(fd, join_path(home, name))
+    journal.mark_lock(fd, join_path(posix.fspath(home), name))
 
 
 def release_lock(fd: int) -> None:

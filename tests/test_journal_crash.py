@@ -11,6 +11,7 @@ key of that history. 360 trials in all.
 from __future__ import annotations
 
 import os
+import posix
 import random
 import signal
 import time
@@ -152,7 +153,8 @@ def test_sigkill_compactor_at_random_instants(tmp_path):
 
 
 def _die_at(module: object, name: str, after: int) -> None:
-    """Replace ``module.name`` (in this child only) by itself, killed on call ``after``+1."""
+    """Replace ``module.name`` (in this child only) by itself, killed on call ``after``+1.
+    For ``os``, its ``posix`` twin too, with one count: the journal calls either."""
     original = getattr(module, name)
     calls = [0]
 
@@ -163,6 +165,8 @@ def _die_at(module: object, name: str, after: int) -> None:
         return original(*args, **kwargs)
 
     setattr(module, name, dying)
+    if module is os and hasattr(posix, name):
+        setattr(posix, name, dying)
 
 
 def _compact_dying(home: Path, module: object, name: str, after: int) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import fcntl
 import math
 import os
+import posix
 import re
 import stat
 import threading
@@ -29,13 +30,13 @@ def _mode(path: Path) -> int:
 def fsync(request, monkeypatch) -> dict[str, int | bool]:
     """The fsync setting, and a count of the data syncs the writer really made."""
     calls = {"fsync": request.param, "syncs": 0}
-    original = os.fdatasync
+    original = posix.fdatasync
 
     def counting(fd: int) -> None:
         calls["syncs"] += 1
         original(fd)
 
-    monkeypatch.setattr(os, "fdatasync", counting)
+    monkeypatch.setattr(posix, "fdatasync", counting)  # what the writer calls (not os)
     return calls
 
 
@@ -84,7 +85,7 @@ class TestWriterConformance:
         assert sorted(os.listdir(tmp_path / "journal")) == sorted(names)
 
     def test_an_existing_name_is_never_reused(self, tmp_path, fsync, monkeypatch):
-        monkeypatch.setattr(os, "urandom", lambda n: b"\x01" * n)  # the same nonce each time
+        monkeypatch.setattr(posix, "urandom", lambda n: b"\x01" * n)  # the same nonce each time
         taken = tmp_path / "journal" / f"{os.getpid()}-{'01' * 8}.jnl.new"
         taken.parent.mkdir(parents=True)
         taken.write_bytes(b"someone else's\n")
