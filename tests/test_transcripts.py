@@ -479,7 +479,7 @@ def test_a_project_directory_that_cannot_be_listed_makes_its_rows_unreadable(
     assert done.returncode == 0, done.stderr
     report, row = json.loads(done.stdout), only_row(done)
     assert (row["state"], row["problems"]) == ("unreadable", [])
-    assert row["detail"] == "its directory could not be listed (Permission denied)"
+    assert row["detail"] == f"its directory could not be listed (Permission denied): {directory}"
     assert row["size"] == path.stat().st_size  # the transcript itself could be read
     assert (report["problems"], report["unchecked"]) == (0, 1)
 
