@@ -460,42 +460,60 @@ def test_a_transcript_that_cannot_be_stat_is_unreadable_not_missing_nor_good(
 
 
 @needs_strace
+@pytest.mark.parametrize(
+    ("fault", "inject", "error"),
+    [
+        ("directory", LISTING_FAILS, "Permission denied"),
+        # another session's transcript there cannot be examined: the listing is incomplete
+        ("other", "%%stat:error=EIO", "Input/output error"),
+    ],
+)
 def test_a_project_directory_that_cannot_be_listed_makes_its_rows_unreadable(
-    settings, claude_dir, db, tmp_path
+    settings, claude_dir, db, tmp_path, fault, inject, error
 ):
     directory = project(claude_dir, "/w/one")
     session = new_id()
     path = transcript(directory, session)
     run(settings, "e-1", session, path, "/w/one")
+    other = transcript(directory, new_id(), mtime=journal_now() - 3600)  # an older orphan
     env = {"CLAUDE_CONFIG_DIR": str(claude_dir)}
     clean = cli(*VERIFY, home=settings.home, url=db, **env)
     assert clean.returncode == 0, clean.stderr
     assert only_row(clean)["state"] == "ok"
+    assert [o["path"] for o in json.loads(clean.stdout)["orphans"]] == [str(other)]
 
     log = tmp_path / "strace.log"
-    done = traced(log, directory, LISTING_FAILS, *VERIFY, home=settings.home, url=db, **env)
+    target = {"directory": directory, "other": other}[fault]
+    done = traced(log, target, inject, *VERIFY, home=settings.home, url=db, **env)
     [call] = injected(log)
-    assert str(directory) in call and "O_DIRECTORY" in call, log.read_text()
+    assert str(target) in call, log.read_text()
     assert done.returncode == 0, done.stderr
     report, row = json.loads(done.stdout), only_row(done)
     assert (row["state"], row["problems"]) == ("unreadable", [])
-    assert row["detail"] == f"its directory could not be listed (Permission denied): {directory}"
+    assert row["detail"] == f"its directory could not be listed ({error}): {directory}"
     assert row["size"] == path.stat().st_size  # the transcript itself could be read
-    assert (report["problems"], report["unchecked"]) == (0, 1)
+    assert (report["problems"], report["unchecked"], report["orphans"]) == (0, 1, [])
 
 
 @needs_strace
 @pytest.mark.parametrize(
-    ("fault", "inject"),
+    ("fault", "inject", "left_alone"),
     [
-        ("row", ROW_STAT_FAILS),  # the row's transcript: the row is unreadable
-        ("directory", LISTING_FAILS),  # its directory: the row is unreadable
+        # the row's transcript, or its directory: the row is unreadable, nothing to repair
+        ("row", ROW_STAT_FAILS, None),
+        ("directory", LISTING_FAILS, None),
+        # the row was read; its directory listed again before writing was not
+        (
+            "directory",
+            "openat:error=EACCES:when=2",
+            "the project directory could not be listed again (Permission denied)",
+        ),
         # the orphan's stat just before writing (the third: two listings came first)
-        ("orphan", "%%stat:error=EIO:when=3"),
+        ("orphan", "%%stat:error=EIO:when=3", "the transcript: Input/output error"),
     ],
 )
 def test_repair_journals_nothing_for_a_row_it_could_not_read(
-    settings, claude_dir, db, tmp_path, fault, inject
+    settings, claude_dir, db, tmp_path, fault, inject, left_alone
 ):
     directory = project(claude_dir, "/w/one")
     first = new_id()
@@ -517,14 +535,13 @@ def test_repair_journals_nothing_for_a_row_it_could_not_read(
     [call] = injected(log)
     assert str(target) in call and "AT_SYMLINK_NOFOLLOW" not in call, log.read_text()
     report = json.loads(done.stdout)
-    if fault == "orphan":  # the row was read: its repair is left alone, and says why
-        assert done.returncode == 1, done.stderr
-        [skip] = report["repairs"]
-        assert (skip["action"], skip["outcome"]) == ("skip", None)
-        assert skip["reason"] == "the transcript: Input/output error"
-    else:
+    if left_alone is None:
         assert done.returncode == 0, done.stderr
         assert report["repairs"] == [] and only_row(done)["state"] == "unreadable"
+    else:  # the row is left alone, and says why
+        assert done.returncode == 1, done.stderr
+        [skip] = report["repairs"]
+        assert (skip["action"], skip["reason"], skip["outcome"]) == ("skip", left_alone, None)
     assert [r.id for r in journal.history(settings.home)] == before  # nothing journaled
     assert journal.load(settings.home)["executor:e-1"].id == latest
     assert session_of(db, "e-1") == first
