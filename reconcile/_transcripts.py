@@ -375,7 +375,7 @@ def _check(row: Row, seen: set[str], listings: dict[str, list[Transcript] | str]
             state=UNREADABLE,
             modified_ns=info.st_mtime_ns,
             size=info.st_size,
-            detail=f"its directory could not be listed ({listing})",
+            detail=f"its directory could not be listed ({listing}): {directory}",
         )
     reference = info.st_mtime_ns if info is not None else row.observed_us * 1000
     newer = tuple(

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import psycopg
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from reconcile_helpers import audit_rows, cli, seed, session_of
+from reconcile_helpers import audit_rows, clean_env, cli, reconcile_command, seed, session_of
 
 import journal
 from reconcile import (
@@ -386,3 +388,164 @@ def test_repair_with_the_database_away_leaves_the_observation_for_the_reconciler
     assert repair_transcripts(settings, {"CLAUDE_CONFIG_DIR": str(claude_dir)}).repairs == []
     replay_to_db(settings)  # as any waiting observation: the next reconciler settles it
     assert session_of(settings.database_url, "e-1") == missed
+
+
+# -- an error is never evidence of absence: strace fails the real command's calls --------
+
+STRACE = shutil.which("strace")
+needs_strace = pytest.mark.skipif(
+    STRACE is None, reason="strace is not installed (.ci/run installs it with apt-get)"
+)
+VERIFY = ("verify", "--transcripts", "--json")
+
+
+def traced(log: Path, fault: Path, inject: str, *args: str, home: Path, url: str, **env: str):
+    """``reconcile ARGS`` under strace, which fails the calls ``inject`` names
+    (``SYSCALLS:error=ERR[:when=N]``) that touch ``fault`` and nothing else (``-P``),
+    and logs those calls to ``log`` (the injected ones end with ``(INJECTED)``)."""
+    syscalls = inject.split(":")[0]
+    strace = [STRACE or "strace", "-f", "-qq", "-o", str(log), "-P", str(fault)]
+    strace += ["-e", f"trace={syscalls}", "-e", f"inject={inject}"]
+    environment = clean_env(RECONCILE_HOME=str(home), RECONCILE_DATABASE_URL=url, **env)
+    return subprocess.run(
+        [*strace, *reconcile_command(), *args], capture_output=True, env=environment, timeout=300
+    )
+
+
+def injected(log: Path) -> list[str]:
+    return [line for line in log.read_text().splitlines() if line.endswith("(INJECTED)")]
+
+
+def only_row(done: subprocess.CompletedProcess[bytes]) -> dict:
+    [row] = json.loads(done.stdout)["rows"]
+    return row
+
+
+# The listing of the project directory stats each transcript without following links
+# (the first stat of its path); the row's own stat of its transcript is the second. A stat
+# is newfstatat or statx, as the C library chooses: %%stat is every call of the family.
+ROW_STAT_FAILS = "%%stat:error=EIO:when=2"
+LISTING_FAILS = "openat:error=EACCES"
+
+
+@needs_strace
+def test_a_transcript_that_cannot_be_stat_is_unreadable_not_missing_nor_good(
+    settings, claude_dir, db, tmp_path
+):
+    directory = project(claude_dir, "/w/one")
+    session = new_id()
+    path = transcript(directory, session)
+    run(settings, "e-1", session, path, "/w/one")
+    env = {"CLAUDE_CONFIG_DIR": str(claude_dir)}
+    clean = cli(*VERIFY, home=settings.home, url=db, **env)
+    assert clean.returncode == 0, clean.stderr
+    assert only_row(clean)["state"] == "ok"  # without the fault, the row is good
+
+    log = tmp_path / "strace.log"
+    done = traced(log, path, ROW_STAT_FAILS, *VERIFY, home=settings.home, url=db, **env)
+    [call] = injected(log)  # the row's own stat, and only it: the listing read the file
+    assert str(path) in call and "AT_SYMLINK_NOFOLLOW" not in call, log.read_text()
+    assert done.returncode == 0, done.stderr  # a row not checked alone is no exit 1
+    report, row = json.loads(done.stdout), only_row(done)
+    assert (row["state"], row["problems"]) == ("unreadable", [])
+    assert row["detail"] == f"Input/output error: {path}"
+    assert (report["problems"], report["unchecked"]) == (0, 1)
+
+    text = traced(
+        log, path, ROW_STAT_FAILS, "verify", "--transcripts", home=settings.home, url=db, **env
+    )
+    assert len(injected(log)) == 1 and text.returncode == 0, text.stderr
+    assert b"0 of 1 settled executor checked" in text.stdout  # not counted as good
+    assert b"not checked (unreadable): Input/output error" in text.stdout
+
+
+@needs_strace
+@pytest.mark.parametrize(
+    ("fault", "inject", "error"),
+    [
+        ("directory", LISTING_FAILS, "Permission denied"),
+        # another session's transcript there cannot be examined: the listing is incomplete
+        ("other", "%%stat:error=EIO", "Input/output error"),
+    ],
+)
+def test_a_project_directory_that_cannot_be_listed_makes_its_rows_unreadable(
+    settings, claude_dir, db, tmp_path, fault, inject, error
+):
+    directory = project(claude_dir, "/w/one")
+    session = new_id()
+    path = transcript(directory, session)
+    run(settings, "e-1", session, path, "/w/one")
+    other = transcript(directory, new_id(), mtime=journal_now() - 3600)  # an older orphan
+    env = {"CLAUDE_CONFIG_DIR": str(claude_dir)}
+    clean = cli(*VERIFY, home=settings.home, url=db, **env)
+    assert clean.returncode == 0, clean.stderr
+    assert only_row(clean)["state"] == "ok"
+    assert [o["path"] for o in json.loads(clean.stdout)["orphans"]] == [str(other)]
+
+    log = tmp_path / "strace.log"
+    target = {"directory": directory, "other": other}[fault]
+    done = traced(log, target, inject, *VERIFY, home=settings.home, url=db, **env)
+    [call] = injected(log)
+    assert str(target) in call, log.read_text()
+    assert done.returncode == 0, done.stderr
+    report, row = json.loads(done.stdout), only_row(done)
+    assert (row["state"], row["problems"]) == ("unreadable", [])
+    assert row["detail"] == f"its directory could not be listed ({error}): {directory}"
+    assert row["size"] == path.stat().st_size  # the transcript itself could be read
+    assert (report["problems"], report["unchecked"], report["orphans"]) == (0, 1, [])
+
+
+@needs_strace
+@pytest.mark.parametrize(
+    ("fault", "inject", "left_alone"),
+    [
+        # the row's transcript, or its directory: the row is unreadable, nothing to repair
+        ("row", ROW_STAT_FAILS, None),
+        ("directory", LISTING_FAILS, None),
+        # the row was read; its directory listed again before writing was not
+        (
+            "directory",
+            "openat:error=EACCES:when=2",
+            "the project directory could not be listed again (Permission denied)",
+        ),
+        # the orphan's stat just before writing (the third: two listings came first)
+        ("orphan", "%%stat:error=EIO:when=3", "the transcript: Input/output error"),
+    ],
+)
+def test_repair_journals_nothing_for_a_row_it_could_not_read(
+    settings, claude_dir, db, tmp_path, fault, inject, left_alone
+):
+    directory = project(claude_dir, "/w/one")
+    first = new_id()
+    old = transcript(directory, first, mtime=journal_now() - 100)
+    run(settings, "e-1", first, old, "/w/one")
+    missed = transcript(directory, new_id(), mtime=journal_now() + 30)
+    env = {"CLAUDE_CONFIG_DIR": str(claude_dir)}
+    repair = ("verify", "--transcripts", "--repair", "--json")
+    dry = cli(*repair, home=settings.home, url=db, **env)
+    assert dry.returncode == 1, dry.stderr
+    [plan] = json.loads(dry.stdout)["repairs"]  # without the fault, it would observe
+    assert (plan["action"], plan["session_id"]) == ("observe", missed.stem)
+    before = [r.id for r in journal.history(settings.home)]
+    latest = journal.load(settings.home)["executor:e-1"].id
+
+    log = tmp_path / "strace.log"
+    target = {"row": old, "directory": directory, "orphan": missed}[fault]
+    done = traced(log, target, inject, *repair, "--apply", home=settings.home, url=db, **env)
+    [call] = injected(log)
+    assert str(target) in call and "AT_SYMLINK_NOFOLLOW" not in call, log.read_text()
+    report = json.loads(done.stdout)
+    if left_alone is None:
+        assert done.returncode == 0, done.stderr
+        assert report["repairs"] == [] and only_row(done)["state"] == "unreadable"
+    else:  # the row is left alone, and says why
+        assert done.returncode == 1, done.stderr
+        [skip] = report["repairs"]
+        assert (skip["action"], skip["reason"], skip["outcome"]) == ("skip", left_alone, None)
+    assert [r.id for r in journal.history(settings.home)] == before  # nothing journaled
+    assert journal.load(settings.home)["executor:e-1"].id == latest
+    assert session_of(db, "e-1") == first
+
+    applied = cli(*repair, "--apply", home=settings.home, url=db, **env)  # the fault gone
+    assert json.loads(applied.stdout)["repairs"][0]["outcome"] == "session.reconciled"
+    assert session_of(db, "e-1") == missed.stem
