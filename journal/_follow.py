@@ -353,9 +353,10 @@ class HistoryReader:
         read to its end has nothing left; so no other journal's entry changes."""
         m, p, head = self._m, self._p, self._last_text
         if self._entries is None:
-            self._entries = ".".join(
-                s for s in (self._segment(j) for j in self._held.values()) if s is not None
-            )
+            # In the order of their names, as Cursor.text has them: one position, one
+            # text, whatever order the journals were opened in.
+            named = [(j.name, s) for j in self._held.values() if (s := self._segment(j))]
+            self._entries = ".".join(s for _, s in sorted(named))
         if self._entries:
             return f"{CURSOR_VERSION}.{m:x}.{p.replace('-', '')}.{head}.{self._entries}"
         return f"{CURSOR_VERSION}.{m:x}.{p.replace('-', '')}.{head}"

@@ -110,6 +110,30 @@ def test_every_record_carries_its_cursor_and_resumes_exactly(home: Path):
         assert [r["id"] for r in at] == [r["id"] for r in records[i:]]
 
 
+def test_one_position_is_one_text_whatever_order_the_journals_were_read_in(home: Path):
+    """A cursor names its journals in the order of their names, not in the order the
+    reader opened them: the same position reads the same, however it was reached."""
+    first, second = journal.Writer(home, fsync=False), journal.Writer(home, fsync=False)
+    with first, second:  # both still being written: a cursor names them
+        # A journal's name is random; these make the journal read first sort last. A
+        # writer appends through its descriptor: it goes on writing to the renamed file.
+        for writer, name in ((first, "9-first"), (second, "1-second")):
+            writer.append(f"executor:{name}", {"new_session_id": "s-1"}, "session.observed")
+            [path] = [p for p in (home / "journal").glob("*.jnl") if p.stem[2:] != "first"]
+            path.rename(path.with_name(f"{name}.jnl"))
+        first.append("executor:9-first", {"new_session_id": "s-2"}, "session.observed")
+        done = replay(home, "-o", "json")
+        assert done.returncode == 0, done.stderr
+        records = lines_of(done.stdout)
+        keys = [r["key"] for r in records]
+        assert keys == ["executor:9-first", "executor:1-second", "executor:9-first"]
+        assert ".1-second_" in records[1]["cursor"] and ".9-first_" in records[1]["cursor"]
+        for record in records:
+            assert journal.Cursor.parse(record["cursor"]).text() == record["cursor"]
+        resumed = replay(home, "-o", "json", "--after-cursor", records[0]["cursor"])
+        assert lines_of(resumed.stdout) == records[1:]
+
+
 def reached(proc: subprocess.Popen[bytes], out: Path, count: int) -> bool:
     return proc.poll() is not None or len(lines_of(out.read_bytes())) >= count
 

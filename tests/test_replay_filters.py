@@ -64,13 +64,16 @@ def build(home: Path, seed: int) -> None:
             w.append("executor:e-2", {"note": '"executor_id":"e-1"', "key": "executor:e-1"}, "x")
     for x in [*writers, settler]:
         x.close()
-    for path in sorted([*(home / "journal").glob("*.jnl"), *(home / "archive").glob("*.jnl")]):
+    # In the order of their first records, not of their names (a journal's name holds a
+    # random nonce): then the same lines are damaged in every run with this seed.
+    paths = [*(home / "journal").glob("*.jnl"), *(home / "archive").glob("*.jnl")]
+    for path in sorted(paths, key=first_event_id):
         lines = path.read_bytes().splitlines(keepends=True)
         damaged = []
         for line in lines:
             roll = rng.random()
             if roll < 0.06:  # a flipped byte in the record: the checksum fails
-                at = rng.randrange(30, len(line) - 3)
+                at = 30 + int(rng.random() * (len(line) - 33))  # one draw, whatever the length
                 damaged.append(line[:at] + bytes([line[at] ^ 0x04]) + line[at + 1 :])
             elif roll < 0.09:  # another key's bytes: the needle is there, the checksum fails
                 damaged.append(line.replace(b"e-10", b"e-1").replace(b"/alice", b"/al"))
@@ -85,6 +88,11 @@ def build(home: Path, seed: int) -> None:
         # Written an hour ago: which journals a cursor names depends on how recently
         # they were written (docs/architecture.md); so every run here names the same.
         os.utime(path, (time.time() - 3600, time.time() - 3600))
+
+
+def first_event_id(path: Path) -> str:
+    with path.open("rb") as stream:
+        return json.loads(stream.readline())["rec"]["id"]
 
 
 def executor_of(raw: dict) -> str | None:
@@ -121,18 +129,32 @@ def timeless(cursor: str) -> str:
     return f"{version}.{rest}"
 
 
-def replay(home: Path, *args: str) -> tuple[list[dict], str]:
-    """The records printed, each cursor without its file time; and the end cursor."""
+def before(record: dict) -> str:
+    """The position just before ``record`` (where ``--cursor`` with its cursor starts):
+    its own cursor with the journal it is in named at the offset where it starts."""
+    version, _, rest = record["cursor"].partition(".")  # a cursor without its file time
+    return timeless(journal.Cursor.parse(f"{version}.0.{rest}").inclusive().text())
+
+
+def replay_whole(home: Path, *args: str) -> tuple[list[dict], str]:
+    """The records printed and the end cursor, as printed."""
     done = cli("replay", "-o", "json", "--show-cursor", *args, home=home)
     assert done.returncode == 0, done.stderr
     printed = [json.loads(line) for line in done.stdout.splitlines()]
+    [end] = [x for x in done.stderr.decode().splitlines() if x.startswith("-- cursor: ")]
+    return printed, end.removeprefix("-- cursor: ")
+
+
+def replay(home: Path, *args: str) -> tuple[list[dict], str]:
+    """The records printed, each cursor without its file time; and the end cursor."""
+    printed, end = replay_whole(home, *args)
     for record in printed:
         record["cursor"] = timeless(record["cursor"])
-    [end] = [x for x in done.stderr.decode().splitlines() if x.startswith("-- cursor: ")]
-    return printed, timeless(end.removeprefix("-- cursor: "))
+    return printed, timeless(end)
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6])
+# Seed 21's history ends with an agent-keyed observation never settled.
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5, 6, 21])
 def test_filtered_replay_is_the_unfiltered_replay_filtered(tmp_path: Path, seed: int):
     home = tmp_path / "home"
     build(home, seed)
@@ -146,15 +168,26 @@ def test_filtered_replay_is_the_unfiltered_replay_filtered(tmp_path: Path, seed:
         assert cursor == end  # moved past what it hid
     # An agent-keyed observation last of all waits for its outcome: the cursor stays
     # before it, so that a later run prints it with its outcome if that names the executor.
+    # Before it is the position its own cursor denotes inclusively (--cursor), not the
+    # cursor of the record consumed before it: the same records consumed, another text
+    # (it says the observation's event id, and names its journal).
     waiting = every[-1]["type"] in OBSERVED and every[-1]["key"] in AGENTS
-    end_by_executor = every[-2]["cursor"] if waiting else end
+    end_by_executor = before(every[-1]) if waiting else end
     for executor in ("e-1", "e-10", "e-"):
         printed, cursor = replay(home, "--executor", executor)
         assert printed == of_executor(every, executor), executor
         assert cursor == end_by_executor
-    both, cursor = replay(home, "--executor", "e-1", "--key", "agent-name:core/al")
-    assert both == [r for r in of_executor(every, "e-1") if r["key"] == "agent-name:core/al"]
-    assert cursor == end_by_executor
+    # Resumed from it, the unfiltered replay prints what it did not consume: the
+    # waiting observation, or nothing.
+    _, whole = replay_whole(home, "--executor", "e-1")
+    rest, _ = replay(home, "--after-cursor", whole)
+    assert rest == (every[-1:] if waiting else [])
+    # With --key as well, only an observation of that key waits: one of another key is
+    # never printed by such a run, and the cursor moves past it as past any other.
+    for key in ("agent-name:core/al", "agent:7f1c"):
+        both, cursor = replay(home, "--executor", "e-1", "--key", key)
+        assert both == [r for r in of_executor(every, "e-1") if r["key"] == key]
+        assert cursor == (end_by_executor if every[-1]["key"] == key else end), key
     typed, _ = replay(home, "--executor", "e-1", "--type", "session.observed")
     assert typed == [r for r in of_executor(every, "e-1") if r["type"] == "session.observed"]
 
@@ -171,3 +204,69 @@ def test_a_filtered_replay_resumes_from_its_cursors_exactly(tmp_path: Path):
     for n in range(0, len(printed), max(1, len(printed) // 6)):
         rest, _ = replay(home, "--executor", "e-10", "--after-cursor", cursors[n])
         assert rest == printed[n + 1 :]
+
+
+@pytest.mark.parametrize("finished", [True, False], ids=["finished", "being-written"])
+@pytest.mark.parametrize("settled_for", ["e-1", "e-2"])
+def test_the_cursor_stays_just_before_an_observation_waiting_for_its_outcome(
+    tmp_path: Path, finished: bool, settled_for: str
+):
+    """The history ends with an agent-keyed observation not settled yet, read after a
+    record ``--executor e-1`` hides. The end cursor is the position just before the
+    observation: the one its own cursor denotes inclusively, which consumed what the
+    previous record's cursor did but is not its text. Resumed from it once the outcome
+    is written, nothing is lost or printed twice: the observation and its outcome if
+    that names e-1, else nothing, and the cursor then moves past both."""
+    home = tmp_path / "home"
+    agent = "agent-name:core/alice"
+    executors, agents, settler = (journal.Writer(home, fsync=False) for _ in range(3))
+    executors.append("executor:e-1", observation("e-1", None, "s-1"), "session.observed")
+    seen = agents.append(agent, observation(None, "alice", "s-2"), "session.observed")
+    data = {"executor_id": "e-1", "old_session_id": "s-1", "new_session_id": "s-2"}
+    answer = journal.event_id_next_to(seen)
+    settler.append(agent, data, "session.reconciled", event_id=answer)
+    executors.append("executor:e-2", observation("e-2", None, "s-3"), "session.observed")
+    waiting = agents.append(agent, observation(None, "alice", "s-4"), "session.observed")
+    if finished:
+        for writer in (executors, agents, settler):
+            writer.close()
+    for path in (home / "journal").glob("*.jnl"):  # as in build()
+        os.utime(path, (time.time() - 3600, time.time() - 3600))
+    try:
+        every, _ = replay(home)
+        assert [r["key"] for r in every] == [
+            "executor:e-1",
+            agent,
+            agent,
+            "executor:e-2",
+            agent,
+        ]
+        assert every[-1]["id"] == waiting
+        printed, cursor = replay(home, "--executor", "e-1")
+        assert printed == every[:3]
+        assert cursor == before(every[-1])
+        assert cursor != every[-2]["cursor"]  # the same position, in another text
+        _, whole = replay_whole(home, "--executor", "e-1")
+        as_printed, _ = replay_whole(home)  # the cursors with their file time
+        for start in (whole, as_printed[-2]["cursor"]):
+            rest, _ = replay(home, "--after-cursor", start)
+            assert rest == every[-1:]
+        # Still unsettled: a run from it prints nothing and stays where it was.
+        again, still = replay(home, "--executor", "e-1", "--after-cursor", whole)
+        assert (again, still) == ([], cursor)
+        # Now settled, for e-1 or for another executor.
+        data = {"executor_id": settled_for, "old_session_id": "s-2", "new_session_id": "s-4"}
+        late = journal.Writer(home, fsync=False) if finished else settler
+        outcome = late.append(
+            agent, data, "session.reconciled", event_id=journal.event_id_next_to(waiting)
+        )
+        late.close()
+        rest, end = replay(home, "--after-cursor", whole)
+        assert [r["id"] for r in rest] == [waiting, outcome]
+        assert rest[0] == every[-1]  # with its own cursor
+        printed, cursor = replay(home, "--executor", "e-1", "--after-cursor", whole)
+        assert printed == (rest if settled_for == "e-1" else [])
+        assert cursor == end  # past both, printed or hidden
+    finally:
+        for writer in (executors, agents, settler):
+            writer.close()
