@@ -24,11 +24,23 @@ holder also *marks* the lock, and probes read the mark without taking anything:
 
 The mark serves observers only: the protocol never depends on it, and a mark that
 could not be set only makes probes say "not held".
+
+**Syncing an append.** Linux's ``fdatasync`` makes a file's data durable, and its size
+when that changed: what an append needs, without its times. macOS has no
+``fdatasync`` (Python's ``os`` and ``posix`` lack it there): :data:`data_sync` is
+``fsync``, which syncs the times too. (``F_FULLFSYNC``, which also empties the drive's
+cache, costs tens of milliseconds per call there; ``fsync`` is what Python's own
+``os.fsync`` does.)
 """
 
 import fcntl
 import posix
 import sys
+
+if sys.platform != "darwin":
+    data_sync = posix.fdatasync
+else:  # no fdatasync on macOS
+    data_sync = posix.fsync
 
 OFD_LOCKS = hasattr(fcntl, "F_OFD_GETLK")  # Linux 3.15+; the stand-in elsewhere
 MARK_SUFFIX = ".probe"  # the stand-in's file beside the lock

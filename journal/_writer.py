@@ -16,6 +16,7 @@ never appended to again.
 import fcntl
 import posix
 
+from journal import _platform
 from journal._codec import Clock, encode, is_event_id
 from journal._errors import InvalidRecordError, StorageError
 from journal._hit import JOURNAL_DIR, JOURNAL_SUFFIX, PENDING_SUFFIX
@@ -151,7 +152,7 @@ class Writer:
             )
         if self.fsync:
             try:
-                posix.fdatasync(fd)
+                _platform.data_sync(fd)  # fdatasync (Linux), fsync (macOS)
             except OSError as exc:
                 path = self._abandon()
                 raise StorageError(f"could not sync {path}: {exc.strerror}") from None

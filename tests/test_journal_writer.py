@@ -18,6 +18,7 @@ import pytest
 from journal_helpers import drain, fork, live_writer, reap
 
 import journal
+import journal._platform
 from journal._codec import _uuid7
 from journal._hit import MAX_KEY, MAX_LINE
 
@@ -30,13 +31,13 @@ def _mode(path: Path) -> int:
 def fsync(request, monkeypatch) -> dict[str, int | bool]:
     """The fsync setting, and a count of the data syncs the writer really made."""
     calls = {"fsync": request.param, "syncs": 0}
-    original = posix.fdatasync
+    original = journal._platform.data_sync
 
     def counting(fd: int) -> None:
         calls["syncs"] += 1
         original(fd)
 
-    monkeypatch.setattr(posix, "fdatasync", counting)  # what the writer calls (not os)
+    monkeypatch.setattr(journal._platform, "data_sync", counting)  # what the writer calls
     return calls
 
 
