@@ -35,14 +35,20 @@ def imported(argv: list[str], env: dict[str, str], stdin: bytes = b"") -> set[st
     return {line.rpartition("|")[2].strip() for line in lines[1:]}  # after the heading
 
 
-def test_the_hit_path_imports_only_its_own_modules(tmp_path: Path):
+def installed() -> tuple[Path, Path]:
+    """The installed ``reconcile`` script and the interpreter beside it, as
+    ``install-hooks`` runs them; skips where there is none, or where it is editable."""
     script = Path(sys.executable).with_name("reconcile")
     if not script.exists():
         pytest.skip("no installed `reconcile` script beside this interpreter")
     checkout = Path(__file__).resolve().parent.parent
     if Path(journal.__file__).resolve().parent == checkout / "journal":
         pytest.skip("an editable install runs `site` after all (bin/reconcile): CI checks this")
-    python = script.with_name("python")
+    return script, script.with_name("python")
+
+
+def test_the_hit_path_imports_only_its_own_modules(tmp_path: Path):
+    script, python = installed()
     with journal.Writer(tmp_path) as writer:  # the entry a settled miss left behind
         writer.append(
             "executor:e-1", {"executor_id": "e-1", "session_id": "s-1"}, "session.confirmed"
@@ -75,13 +81,7 @@ MISS_FORBIDDEN = FORBIDDEN | {"__future__", "stat", "_collections_abc", "random"
 
 
 def test_a_miss_imports_no_more_of_the_standard_library_than_fcntl(tmp_path: Path):
-    script = Path(sys.executable).with_name("reconcile")
-    if not script.exists():
-        pytest.skip("no installed `reconcile` script beside this interpreter")
-    checkout = Path(__file__).resolve().parent.parent
-    if Path(journal.__file__).resolve().parent == checkout / "journal":
-        pytest.skip("an editable install runs `site` after all (bin/reconcile): CI checks this")
-    python = script.with_name("python")
+    script, python = installed()
     home = tmp_path / "home"
     env = clean_env(
         RECONCILE_HOME=str(home),
