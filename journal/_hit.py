@@ -80,6 +80,12 @@ def writable_fix(path: "StrPath") -> str:
     return f"check what it holds, then chmod go-w {path}"
 
 
+def join_path(directory: "StrPath", name: str) -> str:
+    """``os.path.join`` of a directory and a relative name (``os`` is not loaded here)."""
+    top = posix.fspath(directory)
+    return top + name if top.endswith("/") else f"{top}/{name}"
+
+
 def path_refusal(path: "StrPath") -> str | None:
     """Why ``path`` may not be trusted, or None (also when it does not exist: there is
     nothing to read, and we create what is missing, ours). One ``lstat``; never raises."""

@@ -31,15 +31,9 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 
 
-# The paths below are joined and made absolute by hand: a hook that journals an
-# observation loads this module, and ``os`` would cost it a tenth of its time
-# (docs/performance.md). Both follow ``os.path`` for the ``str`` paths used here.
-
-
-def join(directory: "StrPath", name: str) -> str:
-    """``os.path.join`` of a directory and a relative name."""
-    top = posix.fspath(directory)
-    return top + name if top.endswith("/") else f"{top}/{name}"
+# Paths are made absolute by hand (and joined by :func:`journal._hit.join_path`): a hook
+# that journals an observation loads this module, and ``os`` would cost it a tenth of
+# its time (docs/performance.md).
 
 
 def absolute_path(path: "StrPath") -> str:

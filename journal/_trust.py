@@ -27,8 +27,7 @@ import posix
 from _stat import S_ISDIR  # what stat.py re-exports; neither os nor stat
 
 from journal._errors import UnsafePathError
-from journal._hit import refusal
-from journal._layout import join
+from journal._hit import join_path, refusal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -59,7 +58,7 @@ def check_home(home: "StrPath") -> None:
     if not S_ISDIR(st.st_mode):
         raise UntrustedPathError(f"{home} is not a directory: move it away or set RECONCILE_HOME")
     top = posix.fspath(home)
-    skipped = {join(top, path) for path in (*_SERVER_OWNED, _SERVER_LOG)}
+    skipped = {join_path(top, path) for path in (*_SERVER_OWNED, _SERVER_LOG)}
     stack = [top]
     while stack:
         directory = stack.pop()

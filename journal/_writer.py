@@ -19,8 +19,8 @@ import posix
 from journal import _platform
 from journal._codec import Clock, encode, is_event_id
 from journal._errors import InvalidRecordError, StorageError
-from journal._hit import JOURNAL_DIR, JOURNAL_SUFFIX, PENDING_SUFFIX
-from journal._layout import FILE_MODE, ensure_dir, fsync_dir, join
+from journal._hit import JOURNAL_DIR, JOURNAL_SUFFIX, PENDING_SUFFIX, join_path
+from journal._layout import FILE_MODE, ensure_dir, fsync_dir
 
 TYPE_CHECKING = False  # typing costs milliseconds on the hook's path; checkers see True
 if TYPE_CHECKING:
@@ -204,7 +204,7 @@ class Writer:
         the record (docs/reliability.md, "No lost wake-up").
         """
         ensure_dir(self.home)  # neither it nor journal/ may be a symlink
-        directory = ensure_dir(join(self.home, JOURNAL_DIR))
+        directory = ensure_dir(join_path(self.home, JOURNAL_DIR))
         for _ in range(_CREATE_TRIES):
             created = self._try_create(pid, directory)
             if created is not None:
@@ -219,7 +219,7 @@ class Writer:
     def _try_create(self, pid: int, directory: str) -> tuple[int, str] | None:
         """One try of :meth:`_create`: None if the cleanup got to the file first."""
         name = f"{pid}-{posix.urandom(8).hex()}{JOURNAL_SUFFIX}"
-        path = join(directory, name)
+        path = join_path(directory, name)
         pending = path + PENDING_SUFFIX
         flags = (
             posix.O_WRONLY

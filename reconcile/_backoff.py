@@ -22,8 +22,7 @@ library and the journal's already-loaded functions only.
 import posix
 import time
 
-from journal import parse_json
-from reconcile._fast import join_path
+from journal import join_path, parse_json
 
 BACKOFF = "backoff"
 BASE_S = 1.0
@@ -35,7 +34,7 @@ def read(home: str) -> dict[str, object] | None:
     cannot be read: a backoff is advice, and an unreadable one advises nothing)."""
     try:
         fd = posix.open(
-            join_path(posix.fspath(home), BACKOFF),
+            join_path(home, BACKOFF),
             posix.O_RDONLY | posix.O_NOFOLLOW | posix.O_CLOEXEC,
         )
     except OSError:

@@ -17,7 +17,7 @@ has the picture.
 import posix
 import time
 
-from journal import event_time_us, latest, parse_json
+from journal import event_time_us, join_path, latest, parse_json
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -93,11 +93,6 @@ def default_home(env: "Mapping[str, str]") -> str:
         return home
     state = env.get("XDG_STATE_HOME") or join_path(_user_home(env), ".local/state")
     return join_path(state, "reconcile")
-
-
-def join_path(directory: str, name: str) -> str:
-    """``os.path.join`` of a directory and a relative name (``os`` is not loaded here)."""
-    return directory + name if directory.endswith("/") else f"{directory}/{name}"
 
 
 def _user_home(env: "Mapping[str, str]") -> str:

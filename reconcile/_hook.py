@@ -12,13 +12,12 @@ import posix
 import sys
 import time
 
-from journal import home_refusal
+from journal import home_refusal, join_path
 from reconcile._fast import (
     HIT,
     MAX_PAYLOAD,
     UNTRUSTED_HOME,
     default_home,
-    join_path,
     lookup,
     observe,
     parse_payload,

@@ -22,7 +22,7 @@ import fcntl
 import posix
 
 import journal
-from reconcile._fast import join_path
+from journal import join_path
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ _FILE_MODE = 0o600
 def take_lock(home: "str | os.PathLike[str]", name: str = RECONCILE_LOCK) -> int | None:
     """The locked, marked descriptor of ``home/name`` if no one holds it, else None.
     Release it with :func:`release_lock` (closing it: the last copy releases both)."""
-    path = join_path(posix.fspath(home), name)
+    path = join_path(home, name)
     try:
         fd = posix.open(path, _LOCK_FLAGS, _FILE_MODE)
     except OSError:
@@ -55,7 +55,7 @@ def take_lock(home: "str | os.PathLike[str]", name: str = RECONCILE_LOCK) -> int
 def adopt_lock(home: "str | os.PathLike[str]", fd: int, name: str = RECONCILE_LOCK) -> None:
     """Mark a held lock handed over by another process (a hook to its reconciler): on
     Linux the mark came with the descriptor; the stand-in marks anew."""
-    journal.mark_lock(fd, join_path(posix.fspath(home), name))
+    journal.mark_lock(fd, join_path(home, name))
 
 
 def release_lock(fd: int) -> None:
@@ -68,7 +68,7 @@ def lock_held(home: "str | os.PathLike[str]", name: str) -> bool:
     """Whether some process holds ``home/name``, read from its mark: a probe that takes
     nothing, so it never keeps a holder from taking the lock. False if the file does not
     exist yet."""
-    return journal.lock_marked(join_path(posix.fspath(home), name))
+    return journal.lock_marked(join_path(home, name))
 
 
 def reconciler_running(home: "str | os.PathLike[str]") -> bool:

@@ -18,9 +18,9 @@ writer: it runs in the hook process.
 import posix
 import time
 
-from journal import RecordTooLargeError, Writer
+from journal import RecordTooLargeError, Writer, join_path
 from reconcile import _backoff as backoff
-from reconcile._fast import MISS, OBSERVED, UNSETTLED, Observation, join_path
+from reconcile._fast import MISS, OBSERVED, UNSETTLED, Observation
 from reconcile._lock import compaction_running, release_lock, take_lock
 
 TYPE_CHECKING = False  # typing costs milliseconds in the hook; checkers see True
