@@ -10,7 +10,7 @@ it starts something: the standard library alone.
 import posix
 import sys
 
-from journal import absolute_path as _absolute
+from journal import absolute_path
 
 TYPE_CHECKING = False  # typing costs milliseconds in the hook; checkers see True
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ def start_compactor(
 ) -> int:
     """Start a compaction of ``home`` keeping ``max_entries`` and never evicting the
     ``pinned`` record types; return its pid."""
-    home = _absolute(home)  # the child runs elsewhere
+    home = absolute_path(home)  # the child runs elsewhere
     return spawn(_isolated(home, _COMPACTOR, home, max_entries, *pinned), env)
 
 
@@ -72,7 +72,7 @@ def _isolated(home: str, code: str, *args: str) -> list[str]:
     never the working directory) are appended after the standard library, and the child
     moves to ``home`` before it imports anything of ours.
     """
-    root = _absolute(__file__).rpartition("/")[0].rpartition("/")[0]
+    root = absolute_path(__file__).rpartition("/")[0].rpartition("/")[0]
     try:
         cwd = posix.getcwd()
     except OSError:  # removed under us: nothing of it can be on the path anyway
@@ -81,5 +81,5 @@ def _isolated(home: str, code: str, *args: str) -> list[str]:
     for entry in sys.path:
         if entry.startswith("/") and entry != cwd and entry not in path:
             path.append(entry)
-    prelude = f"import posix, sys; posix.chdir({_absolute(home)!r}); sys.path += {path!r}; "
+    prelude = f"import posix, sys; posix.chdir({absolute_path(home)!r}); sys.path += {path!r}; "
     return [sys.executable, "-I", "-S", "-c", prelude + code, *args]
